@@ -1,0 +1,11 @@
+"""textcam.export: trace a classifier into one ONNX graph with its Grad-CAM-family explanation.
+
+Needs the ``[export]`` extra (torch, onnx, onnxscript). The main entry point is
+:func:`export_bundle`; the CAM methods live in :mod:`textcam.export.cam_methods`.
+"""
+
+from textcam.export.bundle_export import IMAGENET_MEAN, IMAGENET_STD, export_bundle
+from textcam.export.cam_methods import METHODS
+from textcam.export.model_source import load_model
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "METHODS", "export_bundle", "load_model"]

@@ -1,0 +1,189 @@
+"""``export_bundle``: model in, verified bundle directory out."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+import textcam
+from textcam.errors import TextcamError
+from textcam.export.cam_methods import get_method
+from textcam.export.joint_graph import ACTIVATIONS_OUTPUT, INPUT_NAMES, OUTPUT_NAMES, JointExplainer
+from textcam.export.target_layer import choose_layer, find_module, linear_head_weight, probe
+from textcam.export.tensorrt_compat import tensorrt_report
+from textcam.export.tracing import OPSET, export_onnx, trace_joint
+from textcam.export.verification import verify_onnx
+from textcam.runtime.bundle_files import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MODEL_FILE,
+    sha256_file,
+    staged_bundle_dir,
+    write_manifest,
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_POLICIES = ("stretch", "center_crop")
+
+
+def _parse_size(input_size) -> tuple[int, int]:
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if len(size) != 2 or not all(isinstance(s, int) and 8 <= s <= 4096 for s in size):
+        raise TextcamError(f"--input-size {input_size!r}: expected H or HxW, each between 8 and 4096")
+    return size
+
+
+def _stage(progress: Callable[[str], None] | None, message: str) -> float:
+    if progress:
+        progress(message)
+    return time.perf_counter()
+
+
+def export_bundle(
+    model: nn.Module,
+    target_layer: str | None,
+    out: str | Path,
+    method: str = "gradcam",
+    input_size: int | tuple[int, int] = (224, 224),
+    class_names: Sequence[str] | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    *,
+    layout: str = "auto",
+    resize: str = "stretch",
+    with_activations: bool = False,
+    source: dict | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Export ``model`` into a bundle directory ``out`` holding ``manifest.json`` and ``model.onnx``.
+
+    ``target_layer`` is the dotted name of the module whose output is explained (``None``: the
+    last spatial layer the logits depend on). The ONNX graph returns logits, the chosen class,
+    the heatmap at input resolution and the channel weights in one call (see
+    :mod:`textcam.export.joint_graph`). The graph is verified against eager PyTorch before the
+    bundle is written; a failed check raises :class:`~textcam.errors.TextcamError` and leaves
+    ``out`` untouched.
+
+    Example::
+
+        import torchvision
+        from textcam.export import export_bundle
+        export_bundle(torchvision.models.resnet50(), "layer4", "resnet50.textcam")
+    """
+    out = Path(out)
+    input_hw = _parse_size(input_size)
+    cam_method = get_method(method)
+    if resize not in RESIZE_POLICIES:
+        raise TextcamError(f"resize {resize!r}: choose one of {', '.join(RESIZE_POLICIES)}")
+    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+        raise TextcamError("mean and std need three values each, std positive")
+    timings: dict[str, float] = {}
+
+    # A private copy: switching off in-place ops (which clash with retaining activations and
+    # with the leaf the gradient is taken against) must not touch the caller's model.
+    model = copy.deepcopy(model).eval().float()
+    for module in model.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+
+    start = _stage(progress, "probing layers")
+    example = torch.randn(2, 3, *input_hw, generator=torch.Generator().manual_seed(0))
+    if target_layer is not None:
+        find_module(model, target_layer)
+    logits, records = probe(model, example)
+    layer = choose_layer(model, records, target_layer)
+    if target_layer is None and progress:
+        progress(f"picked layer '{layer.name}' (output {tuple(layer.output.shape[1:])}); pass --layer to choose")
+    num_classes = int(logits.shape[1])
+    if class_names is not None and len(class_names) != num_classes:
+        raise TextcamError(f"class names: {len(class_names)} given, the model has {num_classes} classes")
+    head = linear_head_weight(model, layer, logits) if cam_method.needs_linear_head else None
+    joint = JointExplainer(
+        model, find_module(model, layer.name), cam_method, layer.layout, input_hw, head, with_activations
+    ).eval()
+    timings["probe_s"] = time.perf_counter() - start
+
+    with staged_bundle_dir(out) as stage:
+        start = _stage(progress, "tracing forward + backward + CAM")
+        target_example = torch.tensor([-1, 0])
+        graph = trace_joint(joint, example, target_example)
+        timings["trace_s"] = time.perf_counter() - start
+
+        start = _stage(progress, "exporting to ONNX")
+        onnx_path = stage / MODEL_FILE
+        export_onnx(graph, example, target_example, onnx_path)
+        timings["onnx_export_s"] = time.perf_counter() - start
+
+        start = _stage(progress, "verifying against eager PyTorch on fresh inputs")
+        verification = verify_onnx(onnx_path, joint, input_hw)
+        timings["verify_s"] = time.perf_counter() - start
+
+        onnx_model = onnx.load(str(onnx_path), load_external_data=False)
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "producer": {
+                "textcam": textcam.__version__,
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "python": sys.version.split()[0],
+                "opset": OPSET,
+            },
+            "model": {
+                **(source or {"source": type(model).__name__}),
+                "file": MODEL_FILE,
+                "sha256": sha256_file(onnx_path),
+                "size_bytes": onnx_path.stat().st_size,
+                "num_classes": num_classes,
+            },
+            "input": {
+                "height": input_hw[0],
+                "width": input_hw[1],
+                "layout": "NCHW",
+                "dtype": "float32",
+                "color": "RGB",
+                "scale": 1 / 255,
+                "mean": [float(m) for m in mean],
+                "std": [float(s) for s in std],
+                "resize": resize,
+            },
+            "classes": list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)],
+            "target_layer": {"name": layer.name, **layer.layout.describe()},
+            "method": cam_method.name,
+            "graph": _graph_signature(onnx_model),
+            "verification": verification,
+            "tensorrt": tensorrt_report(onnx_model),
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+            "semantics": None,
+            "engines": [],
+        }
+        write_manifest(stage, manifest)
+    return out
+
+
+def _graph_signature(model: onnx.ModelProto) -> dict:
+    def describe(values):
+        result = []
+        for value in values:
+            tensor = value.type.tensor_type
+            dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+            result.append({"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": dims})
+        return result
+
+    signature = {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+    expected_outputs = list(OUTPUT_NAMES)
+    names = [o["name"] for o in signature["outputs"]]
+    if names[: len(expected_outputs)] != expected_outputs or [i["name"] for i in signature["inputs"]] != list(INPUT_NAMES):
+        raise TextcamError(f"internal error: exported graph has unexpected inputs/outputs {names}")
+    signature["has_activations"] = ACTIVATIONS_OUTPUT in names
+    return signature

@@ -1,0 +1,53 @@
+"""The CAM methods, one small file each, registered in one table.
+
+Adding a method: write ``def mymethod(activations, gradients) -> CamOutput`` in its own file,
+add one row to :data:`METHODS`, and one parity test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from textcam.errors import TextcamError
+from textcam.export.cam_methods.base import CamOutput
+from textcam.export.cam_methods.cam import cam
+from textcam.export.cam_methods.gradcam import gradcam
+from textcam.export.cam_methods.gradcam_pp import gradcam_pp
+from textcam.export.cam_methods.hirescam import hirescam
+from textcam.export.cam_methods.layercam import layercam
+from textcam.export.cam_methods.xgradcam import xgradcam
+
+
+@dataclass(frozen=True)
+class CamMethod:
+    name: str
+    function: Callable[..., CamOutput]
+    summary: str
+    needs_linear_head: bool = False
+    """True for CAM: the function takes the head's class row as ``class_weights``."""
+
+
+METHODS: dict[str, CamMethod] = {
+    m.name: m
+    for m in (
+        CamMethod("gradcam", gradcam, "spatial mean of the gradients"),
+        CamMethod("gradcam++", gradcam_pp, "positive gradients with second-order weights"),
+        CamMethod("xgradcam", xgradcam, "gradients averaged with activation weights"),
+        CamMethod("hirescam", hirescam, "element-wise gradient x activation"),
+        CamMethod("layercam", layercam, "element-wise positive gradient x activation"),
+        CamMethod("cam", cam, "linear-head weights (global-pool + linear heads only)", True),
+    )
+}
+
+
+def get_method(name: str) -> CamMethod:
+    try:
+        return METHODS[name.lower()]
+    except KeyError:
+        raise TextcamError(
+            f"--method {name!r}: unknown CAM method; choose one of {', '.join(METHODS)}"
+        ) from None
+
+
+__all__ = ["METHODS", "CamMethod", "CamOutput", "get_method"]

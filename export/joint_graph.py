@@ -1,0 +1,144 @@
+"""The function that becomes the ONNX graph: forward, class score, gradient, CAM, in one pass.
+
+Outputs, in this order (the names are the bundle's contract):
+
+    logits [B, K], class_index [B], cam [B, H, W], channel_weights [B, C],
+    channel_activation [B, C], and optionally activations [B, C, h, w].
+
+The chosen class is seeded as a one-hot over the logits, not gathered: the backward of a gather
+is a scatter, which accelerators handle badly. The map follows pytorch-grad-cam's pipeline
+exactly (ReLU, min-max with its 1e-7, bilinear resize with half-pixel centers, min-max again) so
+that library serves as the parity reference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from textcam.export.cam_methods import CamMethod
+from textcam.export.layout import Layout
+
+OUTPUT_NAMES = ("logits", "class_index", "cam", "channel_weights", "channel_activation")
+ACTIVATIONS_OUTPUT = "activations"
+INPUT_NAMES = ("image", "target_class")
+NORMALIZE_EPS = 1e-7
+
+
+def minmax_normalize(maps: Tensor) -> Tensor:
+    """Per image: (x - min) / (1e-7 + max(x - min)), pytorch-grad-cam's scale_cam_image."""
+    flat = maps.flatten(1)
+    shifted = flat - flat.amin(dim=1, keepdim=True)
+    return (shifted / (NORMALIZE_EPS + shifted.amax(dim=1, keepdim=True))).reshape(maps.shape)
+
+
+def linear_resize_matrix(in_size: int, out_size: int) -> Tensor:
+    """[out, in] bilinear weights with half-pixel centers and edge clamping (OpenCV INTER_LINEAR).
+
+    Resizing as two small matrix products keeps the graph free of gather-based interpolation
+    (what tracing turns ``F.interpolate`` into) and means the same thing on every backend.
+    """
+    # plain Python on purpose: this runs while tracing, and tensor ops would become graph nodes
+    rows = []
+    scale = in_size / out_size
+    for y in range(out_size):
+        src = (y + 0.5) * scale - 0.5
+        left = math.floor(src)
+        frac = src - left
+        if left < 0:
+            left, frac = 0, 0.0
+        if left >= in_size - 1:
+            left, frac = in_size - 1, 0.0
+        row = [0.0] * in_size
+        row[left] += 1.0 - frac
+        if frac:
+            row[left + 1] += frac
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def finish_map(saliency: Tensor, grid: tuple[int, int], input_hw: tuple[int, int]) -> Tensor:
+    """[B, h, w] pre-ReLU saliency -> [B, H, W] heatmap in [0, 1] at input resolution.
+
+    ``grid`` = (h, w) as plain ints: while tracing, the tensor's own sizes are symbolic.
+    """
+    heat = minmax_normalize(torch.relu(saliency))
+    rows = linear_resize_matrix(grid[0], input_hw[0]).to(saliency.device)
+    cols = linear_resize_matrix(grid[1], input_hw[1]).to(saliency.device)
+    heat = rows @ heat @ cols.t()
+    return minmax_normalize(torch.relu(heat))
+
+
+class JointExplainer(nn.Module):
+    """Wraps a classifier so one call returns the prediction and its explanation.
+
+    ``target_class`` [B] int64 picks the explained class per image; -1 means the predicted one.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target: nn.Module,
+        method: CamMethod,
+        layout: Layout,
+        input_hw: tuple[int, int],
+        head_weight: Tensor | None = None,
+        with_activations: bool = False,
+    ):
+        super().__init__()
+        self.model = model
+        self.target = target
+        self.method = method
+        self.layout = layout
+        self.input_hw = input_hw
+        self.with_activations = with_activations
+        if method.needs_linear_head and head_weight is None:
+            raise ValueError(f"method {method.name} needs the linear head's weight")
+        self.head_weight = head_weight
+
+    def forward(self, image: Tensor, target_class: Tensor) -> tuple[Tensor, ...]:
+        captured: list[Tensor] = []
+
+        def keep_output(_module, _inputs, output):
+            # Parameters are frozen, so the layer output is where the backward graph starts:
+            # make it a leaf that requires grad, and differentiate with respect to it.
+            first = output[0] if isinstance(output, (tuple, list)) else output
+            leaf = first.detach().requires_grad_(True)
+            captured.append(leaf)
+            if isinstance(output, (tuple, list)):
+                return type(output)([leaf, *output[1:]])
+            return leaf
+
+        handle = self.target.register_forward_hook(keep_output)
+        try:
+            logits = self.model(image)
+        finally:
+            handle.remove()
+        if not captured:
+            raise RuntimeError("the target layer did not run during the forward pass")
+        layer_output = captured[-1]
+
+        num_classes = logits.shape[1]
+        chosen = torch.where(target_class < 0, logits.argmax(dim=1), target_class)
+        one_hot = (torch.arange(num_classes, device=logits.device)[None, :] == chosen[:, None]).to(
+            logits.dtype
+        )
+        if self.method.needs_linear_head:
+            gradient = torch.zeros_like(layer_output)
+            extra = {"class_weights": one_hot @ self.head_weight}
+        else:
+            (gradient,) = torch.autograd.grad((logits * one_hot).sum(), layer_output)
+            extra = {}
+        activations = self.layout.to_grid(layer_output)
+        gradients = self.layout.to_grid(gradient)
+        weights, saliency = self.method.function(activations, gradients, **extra)
+        outputs = (
+            logits,
+            chosen,
+            finish_map(saliency, self.layout.grid, self.input_hw),
+            weights,
+            activations.mean(dim=(2, 3)),
+        )
+        return outputs + (activations,) if self.with_activations else outputs

@@ -1,0 +1,3 @@
+from textcam.cli import main
+
+main()

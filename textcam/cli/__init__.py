@@ -1,0 +1,43 @@
+"""The ``textcam`` console command: one subcommand per module in this package.
+
+Subcommands import their stage lazily, so ``textcam --help`` and the runtime commands work on a
+base install without torch. A :class:`~textcam.errors.TextcamError` becomes one line on stderr
+and exit status 1; usage errors exit 2 (click's convention).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from textcam import __version__
+from textcam.cli.export_cmd import export_command
+from textcam.errors import TextcamError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TextcamError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="textcam")
+def main() -> None:
+    """Explain a vision model's predictions: where it looked (a CAM heatmap) and what it saw.
+
+    \b
+    Typical flow:
+      textcam export --model torchvision:resnet50 --weights resnet50.pt -o resnet50.textcam
+      textcam info resnet50.textcam
+    """
+
+
+main.add_command(export_command)
