@@ -1,5 +1,15 @@
-"""textcam.runtime: load a bundle and explain images with numpy and ONNX Runtime (never torch)."""
+"""textcam.runtime: load a bundle and explain images with numpy and ONNX Runtime (never torch).
 
-from textcam.runtime.bundle_files import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE
+Example::
 
-__all__ = ["FORMAT_VERSION", "MANIFEST_FILE", "MODEL_FILE"]
+    from textcam.runtime import Explainer
+    result = Explainer("resnet50.textcam").explain("cat.jpg")
+    print(result.label, result.score, result.heatmap.shape)
+"""
+
+from textcam.runtime.bundle import Bundle
+from textcam.runtime.bundle_files import FORMAT_VERSION
+from textcam.runtime.explainer import Explainer
+from textcam.runtime.explanation import Concept, Explanation
+
+__all__ = ["FORMAT_VERSION", "Bundle", "Concept", "Explainer", "Explanation"]

@@ -12,7 +12,9 @@ import sys
 import click
 
 from textcam import __version__
+from textcam.cli.explain_cmd import explain_command
 from textcam.cli.export_cmd import export_command
+from textcam.cli.info_cmd import info_command
 from textcam.errors import TextcamError
 
 
@@ -41,3 +43,5 @@ def main() -> None:
 
 
 main.add_command(export_command)
+main.add_command(explain_command)
+main.add_command(info_command)

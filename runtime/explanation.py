@@ -1,0 +1,99 @@
+"""The answer for one image: the prediction, where the model looked, and (with semantics) what it saw."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from textcam.errors import TextcamError
+from textcam.runtime.colormaps import colorize
+from textcam.runtime.images import Geometry, to_rgb
+
+
+@dataclass
+class Concept:
+    """A phrase describing the evidence, with its score (filled in when the bundle has semantics)."""
+
+    phrase: str
+    score: float
+
+
+@dataclass
+class Explanation:
+    class_index: int
+    label: str
+    score: float
+    """Softmax probability of ``class_index``."""
+    logits: np.ndarray
+    heatmap: np.ndarray
+    """float32 [H, W] in [0, 1], at the original image's resolution."""
+    channel_weights: np.ndarray
+    channel_activation: np.ndarray
+    source: str | None = None
+    """The file the image came from, when it came from a file."""
+    concepts: list[Concept] = field(default_factory=list)
+    """Top phrases for the evidence; empty until the bundle carries channel semantics."""
+
+    def to_dict(self, include_heatmap: bool = False) -> dict[str, Any]:
+        """JSON-safe summary; the heatmap (large) only when asked for."""
+        result: dict[str, Any] = {
+            "source": self.source,
+            "class_index": int(self.class_index),
+            "label": self.label,
+            "score": float(self.score),
+            "heatmap_shape": list(self.heatmap.shape),
+            "heatmap_peak_xy": list(self.peak()),
+            "concepts": [{"phrase": c.phrase, "score": float(c.score)} for c in self.concepts],
+            "logits": [float(v) for v in self.logits],
+        }
+        if include_heatmap:
+            result["heatmap"] = np.round(self.heatmap, 4).tolist()
+        return result
+
+    def peak(self) -> tuple[int, int]:
+        """(x, y) of the heatmap's maximum in original-image pixels."""
+        y, x = np.unravel_index(int(np.argmax(self.heatmap)), self.heatmap.shape)
+        return int(x), int(y)
+
+    def overlay(self, image: Image.Image | np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
+        """The heatmap blended over ``image`` (the original, at any size), as an RGB PIL image."""
+        if not 0.0 <= alpha <= 1.0:
+            raise TextcamError(f"alpha {alpha}: expected a value between 0 and 1")
+        base = to_rgb(Image.fromarray(image) if isinstance(image, np.ndarray) else image)
+        heat = self.heatmap
+        if (base.height, base.width) != heat.shape:
+            heat = resize_map(heat, base.width, base.height)
+        colours = colorize(heat, colormap).astype(np.float32)
+        blended = (1.0 - alpha) * np.asarray(base, dtype=np.float32) + alpha * colours
+        return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
+
+
+def resize_map(heatmap: np.ndarray, width: int, height: int) -> np.ndarray:
+    resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32)).resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
+    return np.asarray(resized, dtype=np.float32)
+
+
+def map_to_original(cam: np.ndarray, geometry: Geometry | None) -> np.ndarray:
+    """Map the graph's [H, W] heatmap back onto the original image through the resize/crop box."""
+    if geometry is None:
+        return np.asarray(cam, dtype=np.float32)
+    left, top, right, bottom = geometry.box
+    if (left, top, right, bottom) == (0.0, 0.0, float(geometry.width), float(geometry.height)):
+        return np.clip(resize_map(cam, geometry.width, geometry.height), 0.0, 1.0)
+    # centre crop: the map covers the box; outside it the model saw nothing
+    full = np.zeros((geometry.height, geometry.width), dtype=np.float32)
+    x0, y0 = int(round(left)), int(round(top))
+    x1, y1 = int(round(right)), int(round(bottom))
+    full[y0:y1, x0:x1] = resize_map(cam, x1 - x0, y1 - y0)
+    return np.clip(full, 0.0, 1.0)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)

@@ -1,0 +1,89 @@
+"""``textcam explain``: one line per image (file, label, score), JSON lines, overlays."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from textcam.errors import TextcamError
+
+PROGRESS_THRESHOLD = 8  # more images than this get a progress bar
+
+
+@click.command("explain")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE_OR_DIR...")
+@click.option("--class-index", type=int, default=None, metavar="N",
+              help="Explain class N instead of the predicted class.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per graph call.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image (JSON Lines).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Write heatmap overlays (PNG) into DIR.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Overlay opacity.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha, threads):
+    """Explain images with a bundle: predicted label, score and heatmap for each.
+
+    Directories are expanded to the images they contain. A file that cannot be read is reported
+    on stderr and the others are still explained; the exit status is 1 if any failed.
+
+    \b
+    Examples:
+      textcam explain resnet50.textcam cat.jpg dog.png
+      textcam explain resnet50.textcam photos/ --out overlays/ --json > results.jsonl
+    """
+    from tqdm import tqdm
+
+    from textcam.runtime import Explainer
+    from textcam.runtime.images import list_images, load_image
+
+    explainer = Explainer(bundle, batch_size=batch_size, intra_op_threads=threads)
+    if class_index is not None:
+        explainer._classes(class_index, 1)  # range check before any work
+    paths = list_images(list(images))
+    out_dir = Path(out) if out else None
+    if out_dir:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise TextcamError(f"--out {out_dir}: exists and is not a directory")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    used_names: set[str] = set()
+    failures = 0
+    progress = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) <= PROGRESS_THRESHOLD)
+    for path, result in explainer.explain_files(paths, class_index):
+        progress.update(1)
+        if isinstance(result, TextcamError):
+            failures += 1
+            progress.write(f"error: {result}", file=sys.stderr)
+            continue
+        overlay_path = None
+        if out_dir:
+            overlay_path = out_dir / _unique_name(path, used_names)
+            result.overlay(load_image(path, explainer.max_pixels), alpha=alpha).save(overlay_path)
+        if as_json:
+            record = result.to_dict()
+            record["overlay"] = str(overlay_path) if overlay_path else None
+            line = json.dumps(record)
+        else:
+            concepts = ", ".join(c.phrase for c in result.concepts[:3])
+            line = f"{path}\t{result.label}\t{result.score:.4f}" + (f"\t{concepts}" if concepts else "")
+        progress.write(line, file=sys.stdout)
+    progress.close()
+    if out_dir:
+        click.echo(f"overlays written to {out_dir}", err=True)
+    if failures:
+        click.echo(f"{failures} of {len(paths)} image(s) could not be explained", err=True)
+        sys.exit(1)
+
+
+def _unique_name(path: Path, used: set[str]) -> str:
+    name = f"{path.stem}.cam.png"
+    counter = 2
+    while name in used:
+        name = f"{path.stem}-{counter}.cam.png"
+        counter += 1
+    used.add(name)
+    return name

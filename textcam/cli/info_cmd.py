@@ -1,0 +1,45 @@
+"""``textcam info``: the manifest in human form."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("info")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
+def info_command(bundle, as_json):
+    """Describe a bundle: model, layer, method, classes, and what it contains."""
+    from textcam.runtime.bundle import Bundle
+
+    opened = Bundle.open(bundle)
+    manifest = opened.manifest
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+        return
+    model, spec, layer = manifest["model"], opened.input, manifest["target_layer"]
+    classes = opened.classes
+    shown = ", ".join(classes[:8]) + (f", ... ({len(classes)} in all)" if len(classes) > 8 else "")
+    outputs = ", ".join(o["name"] for o in manifest["graph"]["outputs"])
+    check = manifest.get("verification") or {}
+    trt = manifest.get("tensorrt") or {}
+    lines = [
+        f"bundle      {opened.path}",
+        f"model       {model.get('source')}" + (f" (weights {model['weights']})" if model.get("weights") else ""),
+        f"graph       {model['file']}, {model['size_bytes'] / 1e6:.1f} MB, sha256 {model['sha256'][:12]}...",
+        f"input       {spec.height}x{spec.width} RGB, resize {spec.resize}, mean {list(spec.mean)}, std {list(spec.std)}",
+        f"layer       {layer['name']} ({layer['kind']}, {layer['channels']} channels, grid "
+        f"{layer['grid'][0]}x{layer['grid'][1]})",
+        f"method      {manifest['method']}",
+        f"classes     {shown}",
+        f"outputs     {outputs}",
+        f"verified    logits rel err {check.get('logits_max_rel_err', float('nan')):.1e}, "
+        f"cam abs err {check.get('cam_max_abs_err', float('nan')):.1e} (batches {check.get('batch_sizes')})",
+        f"tensorrt    {'compatible' if trt.get('compatible') else 'not compatible: ' + '; '.join(trt.get('problems', []))}",
+        f"semantics   {manifest['semantics']['file'] if manifest.get('semantics') else 'none (heatmaps only)'}",
+        f"engines     {len(manifest.get('engines') or [])}",
+        f"producer    textcam {manifest['producer'].get('textcam')}, torch {manifest['producer'].get('torch')}",
+    ]
+    click.echo("\n".join(lines))
