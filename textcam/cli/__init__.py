@@ -12,6 +12,7 @@ import sys
 import click
 
 from textcam import __version__
+from textcam.cli.bench_cmd import bench_command
 from textcam.cli.explain_cmd import explain_command
 from textcam.cli.export_cmd import export_command
 from textcam.cli.info_cmd import info_command
@@ -45,3 +46,4 @@ def main() -> None:
 main.add_command(export_command)
 main.add_command(explain_command)
 main.add_command(info_command)
+main.add_command(bench_command)

@@ -1,0 +1,78 @@
+"""``textcam bench``: explanation latency as a ratio to plain inference, on this machine."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import click
+
+
+def _batch_sizes(_ctx, _param, value: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in value.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(s < 1 for s in sizes):
+        raise click.BadParameter("expected positive integers separated by commas, e.g. 1,8,32")
+    return sizes
+
+
+@click.command("bench")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--batch-sizes", default="1,8", callback=_batch_sizes, show_default=True, metavar="B,B,...")
+@click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Timed repetitions per contender and batch size (interleaved).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench_command(bundle, batch_sizes, rounds, threads, as_json):
+    """Time plain inference vs the joint graph vs the full Explainer call, interleaved.
+
+    "plain" is the bundle's own graph pruned to the nodes that compute the logits: same weights,
+    same backend, no gradient. "graph" is the joint graph call; "explain" adds the runtime's
+    post-processing (softmax, heatmap mapping). Ratios are medians of the same rounds.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    from textcam.runtime import Explainer
+    from textcam.runtime.plain_graph import extract_logits_graph
+    from textcam.runtime.timing import interleaved_medians
+
+    explainer = Explainer(bundle, intra_op_threads=threads, batch_size=max(batch_sizes))
+    spec = explainer.bundle.input
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    with tempfile.TemporaryDirectory() as tmp:
+        plain_path = extract_logits_graph(explainer.bundle.model_path, Path(tmp) / "plain.onnx")
+        plain = ort.InferenceSession(str(plain_path), options, providers=["CPUExecutionProvider"])
+    rows = []
+    for batch in batch_sizes:
+        images = np.random.default_rng(batch).standard_normal((batch, 3, spec.height, spec.width)).astype(np.float32)
+        classes = np.full(batch, -1, dtype=np.int64)
+        stats = interleaved_medians(
+            {
+                "plain": lambda images=images: plain.run(None, {"image": images}),
+                "graph": lambda images=images, classes=classes: explainer.runner.run(images, classes),
+                "explain": lambda images=images: explainer.explain(images),
+            },
+            rounds=rounds,
+        )
+        base = stats["plain"]["median_ms"]
+        rows.append({
+            "batch": batch,
+            **{f"{name}_ms": round(s["median_ms"], 3) for name, s in stats.items()},
+            "graph_over_plain": round(stats["graph"]["median_ms"] / base, 3),
+            "explain_over_plain": round(stats["explain"]["median_ms"] / base, 3),
+        })
+    if as_json:
+        click.echo(json.dumps({"bundle": str(bundle), "rounds": rounds, "results": rows}, indent=2))
+        return
+    click.echo(f"{explainer.bundle.manifest['model'].get('source')} @ {explainer.bundle.layer} "
+               f"({explainer.bundle.method}), {rounds} interleaved rounds, medians")
+    click.echo(f"{'batch':>5} {'plain ms':>10} {'graph ms':>10} {'explain ms':>11} {'graph/plain':>12} {'explain/plain':>14}")
+    for r in rows:
+        click.echo(f"{r['batch']:>5} {r['plain_ms']:>10.2f} {r['graph_ms']:>10.2f} {r['explain_ms']:>11.2f} "
+                   f"{r['graph_over_plain']:>12.3f} {r['explain_over_plain']:>14.3f}")
