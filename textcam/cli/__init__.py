@@ -13,6 +13,7 @@ import click
 
 from textcam import __version__
 from textcam.cli.bench_cmd import bench_command
+from textcam.cli.demo_cmd import demo_command
 from textcam.cli.explain_cmd import explain_command
 from textcam.cli.export_cmd import export_command
 from textcam.cli.info_cmd import info_command
@@ -38,8 +39,11 @@ def main() -> None:
 
     \b
     Typical flow:
+      textcam demo                      # everything on a built-in default, offline
       textcam export --model torchvision:resnet50 --weights resnet50.pt -o resnet50.textcam
       textcam info resnet50.textcam
+      textcam explain resnet50.textcam photos/ --out overlays/
+      textcam bench resnet50.textcam    # explanation latency vs plain inference
     """
 
 
@@ -47,3 +51,4 @@ main.add_command(export_command)
 main.add_command(explain_command)
 main.add_command(info_command)
 main.add_command(bench_command)
+main.add_command(demo_command)
