@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image
-
-from textcam.errors import TextcamError
 from textcam.runtime.backends import create_runner
 from textcam.runtime.bundle import Bundle
 from textcam.runtime.explanation import Explanation, map_to_original, softmax
 from textcam.runtime.images import DEFAULT_MAX_PIXELS, Geometry, array_to_image, load_image, preprocess
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray]
+from textcam.errors import TextcamError
+
+ImageInput = str | Path | Image.Image | np.ndarray
 
 
 class Explainer:

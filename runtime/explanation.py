@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-
-from textcam.errors import TextcamError
 from textcam.runtime.colormaps import colorize
 from textcam.runtime.images import Geometry, to_rgb
+
+from textcam.errors import TextcamError
 
 
 @dataclass
@@ -87,8 +87,8 @@ def map_to_original(cam: np.ndarray, geometry: Geometry | None) -> np.ndarray:
         return np.clip(resize_map(cam, geometry.width, geometry.height), 0.0, 1.0)
     # centre crop: the map covers the box; outside it the model saw nothing
     full = np.zeros((geometry.height, geometry.width), dtype=np.float32)
-    x0, y0 = int(round(left)), int(round(top))
-    x1, y1 = int(round(right)), int(round(bottom))
+    x0, y0 = round(left), round(top)
+    x1, y1 = round(right), round(bottom)
     full[y0:y1, x0:x1] = resize_map(cam, x1 - x0, y1 - y0)
     return np.clip(full, 0.0, 1.0)
 

@@ -72,7 +72,8 @@ def bench_command(bundle, batch_sizes, rounds, threads, as_json):
         return
     click.echo(f"{explainer.bundle.manifest['model'].get('source')} @ {explainer.bundle.layer} "
                f"({explainer.bundle.method}), {rounds} interleaved rounds, medians")
-    click.echo(f"{'batch':>5} {'plain ms':>10} {'graph ms':>10} {'explain ms':>11} {'graph/plain':>12} {'explain/plain':>14}")
+    header = ("batch", "plain ms", "graph ms", "explain ms", "graph/plain", "explain/plain")
+    click.echo(" ".join(f"{h:>{w}}" for h, w in zip(header, (5, 10, 10, 11, 12, 14), strict=True)))
     for r in rows:
         click.echo(f"{r['batch']:>5} {r['plain_ms']:>10.2f} {r['graph_ms']:>10.2f} {r['explain_ms']:>11.2f} "
                    f"{r['graph_over_plain']:>12.3f} {r['explain_over_plain']:>14.3f}")

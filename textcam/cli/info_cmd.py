@@ -29,7 +29,8 @@ def info_command(bundle, as_json):
         f"bundle      {opened.path}",
         f"model       {model.get('source')}" + (f" (weights {model['weights']})" if model.get("weights") else ""),
         f"graph       {model['file']}, {model['size_bytes'] / 1e6:.1f} MB, sha256 {model['sha256'][:12]}...",
-        f"input       {spec.height}x{spec.width} RGB, resize {spec.resize}, mean {list(spec.mean)}, std {list(spec.std)}",
+        f"input       {spec.height}x{spec.width} RGB, resize {spec.resize}, "
+        f"mean {list(spec.mean)}, std {list(spec.std)}",
         f"layer       {layer['name']} ({layer['kind']}, {layer['channels']} channels, grid "
         f"{layer['grid'][0]}x{layer['grid'][1]})",
         f"method      {manifest['method']}",
@@ -37,7 +38,7 @@ def info_command(bundle, as_json):
         f"outputs     {outputs}",
         f"verified    logits rel err {check.get('logits_max_rel_err', float('nan')):.1e}, "
         f"cam abs err {check.get('cam_max_abs_err', float('nan')):.1e} (batches {check.get('batch_sizes')})",
-        f"tensorrt    {'compatible' if trt.get('compatible') else 'not compatible: ' + '; '.join(trt.get('problems', []))}",
+        "tensorrt    " + ("compatible" if trt.get("compatible") else "no: " + "; ".join(trt.get("problems", []))),
         f"semantics   {manifest['semantics']['file'] if manifest.get('semantics') else 'none (heatmaps only)'}",
         f"engines     {len(manifest.get('engines') or [])}",
         f"producer    textcam {manifest['producer'].get('textcam')}, torch {manifest['producer'].get('torch')}",
