@@ -17,6 +17,7 @@ from textcam.cli.demo_cmd import demo_command
 from textcam.cli.explain_cmd import explain_command
 from textcam.cli.export_cmd import export_command
 from textcam.cli.info_cmd import info_command
+from textcam.cli.semantics_cmd import semantics_command
 from textcam.errors import TextcamError
 
 
@@ -52,3 +53,4 @@ main.add_command(explain_command)
 main.add_command(info_command)
 main.add_command(bench_command)
 main.add_command(demo_command)
+main.add_command(semantics_command)

@@ -1,0 +1,50 @@
+"""``textcam semantics``: give every channel of the explained layer a direction in CLIP space."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("semantics")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--probe", required=True, metavar="DIR_OR_LIST",
+              help="Probe images: a directory (searched recursively) or a file listing image paths.")
+@click.option("--clip", "clip_spec", default=None, metavar="MODEL[:PRETRAINED]",
+              help="open_clip model, e.g. ViT-B-32:openai (downloads), or textcam-tiny-clip.")
+@click.option("--clip-checkpoint", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="A local CLIP state dict (offline use); needs --clip-model.")
+@click.option("--clip-model", default=None, metavar="MODEL", help="Architecture of --clip-checkpoint.")
+@click.option("--vocab", multiple=True, default=("builtin:attributes",), show_default=True,
+              metavar="FILE|builtin:attributes|builtin:classes", help="Phrase sources (repeatable).")
+@click.option("--templates", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Prompt templates, one per line with '{}' for the phrase.")
+@click.option("-m", "m", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Top and bottom images per channel.")
+@click.option("--lda", type=click.Choice(["shrinkage", "pooled", "meandiff"]), default="shrinkage", show_default=True,
+              help="shrinkage: per-channel Ledoit-Wolf LDA; pooled: one global whitening (fast).")
+@click.option("--cache", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Cache CLIP image embeddings here (keyed by model and file content).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--no-fuse", is_flag=True, help="Do not write the graph with the ranking fused in.")
+def semantics_command(bundle, probe, clip_spec, clip_checkpoint, clip_model, vocab, templates, m, lda, cache,
+                      batch_size, no_fuse):
+    """Build semantics.safetensors for a bundle: CLIP + LDA per channel, and a vocabulary.
+
+    \b
+    Examples:
+      textcam semantics resnet50.textcam --probe imagenet_val/ --clip ViT-B-32:openai --cache ~/.cache/textcam
+      textcam semantics shapes.textcam --probe probe/ --clip-checkpoint clip.pt --clip-model textcam-tiny-clip \\
+          --vocab builtin:attributes --vocab builtin:classes
+    """
+    from textcam.semantics_store import build_semantics, load_clip
+
+    clip = load_clip(clip_spec, clip_checkpoint, clip_model)
+    report = build_semantics(bundle, probe, clip, vocab=vocab, templates=templates, m=m, lda=lda, cache=cache,
+                             batch_size=batch_size, fuse=not no_fuse,
+                             log=lambda message: click.echo(message, err=True))
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in report.seconds.items())
+    click.echo(f"wrote {report.store}: {report.channels} channels x {report.dim} dims, {report.phrases} phrases, "
+               f"M={report.m} over {report.probe_images} probe images")
+    click.echo(f"time per phase: {phases}; peak memory {report.peak_memory_mb:.0f} MB")
