@@ -41,15 +41,17 @@ def ledoit_wolf_batch(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ledoit-Wolf shrinkage (delta) and target scale (mu) for centered samples z [batch, n, p].
 
     The same estimate as ``sklearn.covariance.ledoit_wolf_shrinkage``, computed through the
-    [n, n] Gram matrix because p (the CLIP dimension) exceeds n (2M samples).
+    smaller of the [n, n] and [p, p] Gram matrices (per channel, p = the CLIP dimension exceeds
+    n = M samples; for the pooled covariance it is the other way round).
     """
     _, n, p = z.shape
     z2 = z * z
     trace_per_feature = z2.sum(axis=1) / n
     mu = trace_per_feature.sum(axis=1) / p
     beta_sum = (z2.sum(axis=2) ** 2).sum(axis=1)  # sum of the entries of z2^T z2
-    gram = z @ z.transpose(0, 2, 1)
-    delta_sum = (gram**2).sum(axis=(1, 2)) / n**2  # ||z^T z||_F^2 / n^2
+    # ||z^T z||_F^2 == ||z z^T||_F^2: use whichever Gram matrix is smaller
+    gram = z @ z.transpose(0, 2, 1) if n <= p else z.transpose(0, 2, 1) @ z
+    delta_sum = (gram**2).sum(axis=(1, 2)) / n**2
     beta = (beta_sum / n - delta_sum) / (p * n)
     delta = (delta_sum - 2.0 * mu * trace_per_feature.sum(axis=1) + p * mu**2) / p
     beta = np.minimum(beta, delta)
@@ -76,6 +78,11 @@ def shrinkage_directions(positives: np.ndarray, negatives: np.ndarray) -> np.nda
     diagonal = np.maximum(diagonal, floor)
     factor = np.concatenate([factor_p, factor_n], axis=2)  # [batch, D, 2M]
     difference = mean_p - mean_n
+    if factor.shape[1] <= factor.shape[2]:  # few dimensions: the direct [D, D] solve is cheaper
+        covariance = factor @ factor.transpose(0, 2, 1)
+        covariance[:, np.arange(factor.shape[1]), np.arange(factor.shape[1])] += diagonal
+        direction = np.linalg.solve(covariance, difference[:, :, None])[:, :, 0]
+        return _unit_toward(direction, difference)
     # Woodbury: (diag + U U^T)^-1 v = v/d - (U/d) (I + U^T (U/d))^-1 U^T (v/d)
     scaled_factor = factor / diagonal[:, :, None]
     scaled_v = difference / diagonal
@@ -85,16 +92,13 @@ def shrinkage_directions(positives: np.ndarray, negatives: np.ndarray) -> np.nda
     return _unit_toward(direction, difference)
 
 
-def pooled_directions(positives: np.ndarray, negatives: np.ndarray, population: np.ndarray) -> np.ndarray:
-    """Whiten every channel's mean difference with one shrunk covariance of ``population`` [U, D]."""
+def pooled_covariance(population: np.ndarray) -> np.ndarray:
+    """One Ledoit-Wolf-shrunk covariance [D, D] of ``population`` [U, D], sklearn-style standardized."""
     centered, scale, _ = _standardize(population[None])
     shrinkage, mu = ledoit_wolf_batch(centered / scale[:, None, :])
     z = centered[0] / scale[0]
     covariance = (1 - shrinkage[0]) * (z.T @ z) / z.shape[0] + shrinkage[0] * mu[0] * np.eye(z.shape[1])
-    covariance = scale[0][:, None] * covariance * scale[0][None, :]
-    difference = positives.mean(axis=1) - negatives.mean(axis=1)
-    direction = np.linalg.solve(covariance + _TINY * np.eye(len(covariance)), difference.T).T
-    return _unit_toward(direction, difference)
+    return scale[0][:, None] * covariance * scale[0][None, :] + _TINY * np.eye(z.shape[1])
 
 
 def _unit_toward(direction: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -117,18 +121,19 @@ def channel_directions(
     embeddings = np.asarray(embeddings, dtype=np.float64)
     channels = positive_ids.shape[0]
     result = np.empty((channels, embeddings.shape[1]), dtype=np.float64)
-    used = np.unique(np.concatenate([positive_ids.ravel(), negative_ids.ravel()]))
+    if mode == "pooled":
+        used = np.unique(np.concatenate([positive_ids.ravel(), negative_ids.ravel()]))
+        covariance = pooled_covariance(embeddings[used])
     for start in range(0, channels, chunk):
         stop = min(start + chunk, channels)
         positives = embeddings[positive_ids[start:stop]]
         negatives = embeddings[negative_ids[start:stop]]
         if mode == "shrinkage":
             result[start:stop] = shrinkage_directions(positives, negatives)
-        elif mode == "pooled":
-            result[start:stop] = pooled_directions(positives, negatives, embeddings[used])
         else:
-            result[start:stop] = _unit_toward(positives.mean(axis=1) - negatives.mean(axis=1),
-                                              positives.mean(axis=1) - negatives.mean(axis=1))
+            difference = positives.mean(axis=1) - negatives.mean(axis=1)
+            direction = np.linalg.solve(covariance, difference.T).T if mode == "pooled" else difference
+            result[start:stop] = _unit_toward(direction, difference)
         if progress:
             progress(stop - start)
     return result.astype(np.float32)
