@@ -16,9 +16,10 @@ def _unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def test_ledoit_wolf_matches_sklearn():
+@pytest.mark.parametrize("n, p", [(40, 90), (120, 30)])  # both Gram-matrix paths
+def test_ledoit_wolf_matches_sklearn(n, p):
     rng = np.random.default_rng(0)
-    z = rng.standard_normal((3, 40, 90)) * rng.uniform(0.5, 2.0, 90)
+    z = rng.standard_normal((3, n, p)) * rng.uniform(0.5, 2.0, p)
     z -= z.mean(axis=1, keepdims=True)
     ours, _ = ledoit_wolf_batch(z)
     for row, value in zip(z, ours, strict=True):
