@@ -30,10 +30,10 @@ def build_once(size: int, work: Path, m: int) -> dict:
     """Runs in a child process: generate the probe set, export, build, report."""
     import torch
     import torchvision
-
-    from textcam.cli.demo_cmd import demo_images
     from textcam.export import export_bundle
     from textcam.semantics_store import build_semantics, load_clip
+
+    from textcam.cli.demo_cmd import demo_images
 
     probe = work / f"probe{size}"
     probe.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,8 @@ def export_bundle(
     # A private copy: switching off in-place ops (which clash with retaining activations and
     # with the leaf the gradient is taken against) must not touch the caller's model.
     model = copy.deepcopy(model).eval().float()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)  # only input-side gradients are ever needed
     for module in model.modules():
         if getattr(module, "inplace", False) is True:
             module.inplace = False

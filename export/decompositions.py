@@ -15,6 +15,10 @@ kernels that the ONNX exporter cannot translate or that accelerators handle badl
   pooling is linear, so its backward is a constant pooling matrix on each axis (adaptive) or a
   transposed convolution with a constant kernel (fixed windows).
 
+- ``select_backward`` / ``slice_backward`` (a ViT reading its class token, ``x[:, 0]``): the
+  stock decomposition is a scatter (``ScatterElements``), which TensorRT handles badly; the
+  gradient of a slice is the incoming gradient zero-padded back to the input's size.
+
 Spatial sizes are static in the joint graph (only the batch is dynamic), so the constant
 matrices are built at trace time.
 """
@@ -149,10 +153,33 @@ def avg_pool2d_backward(
     return F.conv_transpose2d(grad_output, kernel, None, (sh, sw), (ph, pw), extra, channels)
 
 
+def _pad_along(grad: Tensor, dim: int, before, after) -> Tensor:
+    dim = dim % grad.dim()
+    pads = [0, 0] * (grad.dim() - dim - 1) + [before, after]
+    return F.pad(grad, pads)
+
+
+def select_backward(grad_output: Tensor, input_sizes, dim: int, index):
+    size = input_sizes[dim]
+    index = index + size if index < 0 else index
+    return _pad_along(grad_output.unsqueeze(dim), dim, index, size - index - 1)
+
+
+def slice_backward(grad_output: Tensor, input_sizes, dim: int, start, end, step):
+    if step != 1:
+        return NotImplemented
+    size = input_sizes[dim]
+    start = min(max(start + size if start < 0 else start, 0), size)
+    end = min(max(end + size if end < 0 else end, start), size)
+    return _pad_along(grad_output, dim, start, size - end)
+
+
 def decomposition_table() -> dict:
     return {
         aten.convolution_backward.default: convolution_backward,
         aten.max_pool2d_with_indices_backward.default: max_pool2d_backward,
         aten._adaptive_avg_pool2d_backward.default: adaptive_avg_pool2d_backward,
         aten.avg_pool2d_backward.default: avg_pool2d_backward,
+        aten.select_backward.default: select_backward,
+        aten.slice_backward.default: slice_backward,
     }

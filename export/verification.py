@@ -49,10 +49,10 @@ def verify_onnx(
     for batch in batch_sizes:
         image = torch.randn(batch, 3, *input_hw, generator=generator)
         with torch.no_grad():
-            predicted = joint.model(image).argmax(dim=1)
+            logits = joint.model(image)
+        predicted = logits.argmax(dim=1)
         # row 0 explains the predicted class (-1), the others a random class
-        num_classes = int(joint.model(image[:1]).shape[1])
-        target = torch.randint(0, num_classes, (batch,), generator=generator)
+        target = torch.randint(0, int(logits.shape[1]), (batch,), generator=generator)
         target[0] = -1
         with torch.enable_grad():
             reference = [t.detach().numpy() for t in joint(image, target)]
