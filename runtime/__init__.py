@@ -10,6 +10,6 @@ Example::
 from textcam.runtime.bundle import Bundle
 from textcam.runtime.bundle_files import FORMAT_VERSION
 from textcam.runtime.explainer import Explainer
-from textcam.runtime.explanation import Concept, Explanation
+from textcam.runtime.explanation import Concept, Explanation, Group
 
-__all__ = ["FORMAT_VERSION", "Bundle", "Concept", "Explainer", "Explanation"]
+__all__ = ["FORMAT_VERSION", "Bundle", "Concept", "Explainer", "Explanation", "Group"]

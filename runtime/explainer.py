@@ -7,10 +7,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from textcam.runtime import concepts
 from textcam.runtime.backends import create_runner
 from textcam.runtime.bundle import Bundle
-from textcam.runtime.explanation import Explanation, map_to_original, softmax
+from textcam.runtime.bundle_files import sha256_file
+from textcam.runtime.explanation import Concept, Explanation, map_to_original, softmax
 from textcam.runtime.images import DEFAULT_MAX_PIXELS, Geometry, array_to_image, load_image, preprocess
+from textcam.runtime.semantics_file import STORE_FILE, SemanticsStore, read_store
 
 from textcam.errors import TextcamError
 
@@ -30,6 +33,13 @@ class Explainer:
 
     One instance may be shared by many threads. ``allow_spinning=False`` keeps ONNX Runtime's
     idle threads from busy-waiting (use it when other compute shares the process).
+
+    When the bundle carries channel semantics (``textcam semantics``), every explanation gets
+    ``concepts``: the ``top_k`` phrases chosen by diverse selection among the ``candidates``
+    best-ranked ones (see :mod:`textcam.runtime.concepts`). ``beta``, ``candidates``, ``l1``,
+    ``l2``, ``steps``, ``group_channels`` and ``center`` default to the bundle's
+    ``manifest["semantics"]["defaults"]``. With ``use_fused`` (default) a bundle's fused graph
+    (ranking inside the model) supplies the candidates.
     """
 
     def __init__(
@@ -41,31 +51,65 @@ class Explainer:
         allow_spinning: bool = True,
         batch_size: int = 16,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        *,
+        use_fused: bool = True,
+        top_k: int | None = None,
+        beta: str | None = None,
+        candidates: int | None = None,
+        l1: float | None = None,
+        l2: float | None = None,
+        steps: int | None = None,
+        group_channels: int | None = None,
+        center: bool | None = None,
     ):
         if batch_size < 1:
             raise TextcamError(f"batch_size={batch_size}: expected a positive number")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
+        spec = self.bundle.manifest.get("semantics") or None
+        self.semantics: SemanticsStore | None = _load_store(self.bundle, spec) if spec else None
+        self.concept_settings = concepts.ConceptSettings.resolve(
+            (spec or {}).get("defaults"), top_k=top_k, beta=beta, candidates=candidates, l1=l1, l2=l2, steps=steps,
+            group_channels=group_channels, center=center,
+        )
+        self._vocabulary_mean = self.semantics.text_embeddings.mean(axis=0) if self.semantics else None
+        graph = self.bundle
+        fused = (spec or {}).get("fused_graph")
+        # the fused graph ranks with one beta mode and up to its own N; other settings rank here
+        if (self.semantics and fused and use_fused and backend == "onnxruntime"
+                and fused.get("beta", self.concept_settings.beta) == self.concept_settings.beta
+                and self.concept_settings.candidates <= int(fused.get("candidates", 0))):
+            graph = _FusedGraph(self.bundle, _checked_file(self.bundle, fused, "fused graph"))
+        self.fused = graph is not self.bundle
         options = {"providers": providers, "intra_op_threads": intra_op_threads, "allow_spinning": allow_spinning}
-        self.runner = create_runner(backend, self.bundle, **options)
+        self.runner = create_runner(backend, graph, **options)
 
     @property
     def classes(self) -> tuple[str, ...]:
         return self.bundle.classes
 
     def explain(
-        self, images: ImageInput | Sequence[ImageInput], class_index: int | Sequence[int] | None = None
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        class_index: int | Sequence[int] | None = None,
+        groups: bool = False,
     ) -> Explanation | list[Explanation]:
         """Explain one image (returns an Explanation) or several (returns a list).
 
         ``images``: a path, PIL image, uint8 HxWx3 array, a list of those, or a float32
         [B,3,H,W] batch already preprocessed (its heatmaps stay at input resolution).
         ``class_index``: the class to explain (None: the predicted one), one per image or one for all.
+        ``groups``: also split the map by phrase (``Explanation.groups``); needs semantics, a
+        channel-weight CAM method and a graph exported with ``--with-activations``.
         """
+        if groups:
+            self.check_groups()
         if isinstance(images, np.ndarray) and images.ndim == 4:
             batch = self._check_batch(images)
-            return self._run(batch, [None] * len(batch), self._classes(class_index, len(batch)), [None] * len(batch))
+            return self._run(
+                batch, [None] * len(batch), self._classes(class_index, len(batch)), [None] * len(batch), groups
+            )
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         if not items:
@@ -73,16 +117,33 @@ class Explainer:
         loaded = [self._decode(item) for item in items]
         tensors, geometries = zip(*(preprocess(image, self.bundle.input) for image in loaded), strict=True)
         sources = [str(item) if isinstance(item, (str, Path)) else None for item in items]
-        results = self._run(np.stack(tensors), list(geometries), self._classes(class_index, len(items)), sources)
+        results = self._run(
+            np.stack(tensors), list(geometries), self._classes(class_index, len(items)), sources, groups
+        )
         return results[0] if single else results
 
+    def check_groups(self) -> None:
+        """Raise TextcamError unless ``groups=True`` can work with this bundle."""
+        if self.semantics is None:
+            raise TextcamError(
+                f"{self.bundle.path}: channel groups need channel semantics; run `textcam semantics` on the bundle"
+            )
+        concepts.check_group_method(self.bundle.method)
+        if not self.bundle.manifest["graph"].get("has_activations"):
+            raise TextcamError(
+                f"{self.bundle.path}: channel groups need the layer's activation maps, which this graph does not "
+                "output; re-export with --with-activations (export_bundle(..., with_activations=True))"
+            )
+
     def explain_files(
-        self, paths: Iterable[str | Path], class_index: int | None = None
+        self, paths: Iterable[str | Path], class_index: int | None = None, groups: bool = False
     ) -> Iterator[tuple[Path, Explanation | TextcamError]]:
         """Yield (path, explanation) per file, or (path, error) for files that cannot be read.
 
         One bad file never stops the others; decoding is batched by ``batch_size``.
         """
+        if groups:
+            self.check_groups()
         pending: list[tuple[Path, np.ndarray, Geometry]] = []
         for path in map(Path, paths):
             try:
@@ -92,15 +153,15 @@ class Explainer:
                 continue
             pending.append((path, tensor, geometry))
             if len(pending) == self.batch_size:
-                yield from self._explain_pending(pending, class_index)
+                yield from self._explain_pending(pending, class_index, groups)
                 pending = []
         if pending:
-            yield from self._explain_pending(pending, class_index)
+            yield from self._explain_pending(pending, class_index, groups)
 
-    def _explain_pending(self, pending, class_index):
+    def _explain_pending(self, pending, class_index, groups=False):
         files, tensors, geometries = zip(*pending, strict=True)
         classes = self._classes(class_index, len(files))
-        results = self._run(np.stack(tensors), list(geometries), classes, [str(f) for f in files])
+        results = self._run(np.stack(tensors), list(geometries), classes, [str(f) for f in files], groups)
         yield from zip(files, results, strict=True)
 
     def _decode(self, item: ImageInput) -> Image.Image:
@@ -145,14 +206,19 @@ class Explainer:
             )
         return values.astype(np.int64)
 
-    def _run(self, batch: np.ndarray, geometries, classes: np.ndarray, sources) -> list[Explanation]:
+    def _run(self, batch: np.ndarray, geometries, classes: np.ndarray, sources, groups=False) -> list[Explanation]:
         results: list[Explanation] = []
         for start in range(0, len(batch), self.batch_size):
             stop = start + self.batch_size
             outputs = self.runner.run(batch[start:stop], classes[start:stop])
             probabilities = softmax(outputs["logits"].astype(np.float64))
+            selection = self._select(outputs) if self.semantics else None
             for row, chosen in enumerate(outputs["class_index"]):
                 chosen = int(chosen)
+                found = [] if selection is None else [
+                    Concept(self.semantics.phrases[int(i)], float(s))
+                    for i, s in zip(selection.ids[row], selection.scores[row], strict=True)
+                ]
                 results.append(
                     Explanation(
                         class_index=chosen,
@@ -163,6 +229,66 @@ class Explainer:
                         channel_weights=outputs["channel_weights"][row],
                         channel_activation=outputs["channel_activation"][row],
                         source=sources[start + row],
+                        concepts=found,
+                        groups=self._groups(outputs, row, selection, geometries[start + row]) if groups else [],
                     )
                 )
         return results
+
+    def _select(self, outputs: dict[str, np.ndarray]) -> concepts.Selection:
+        """Candidates (from the fused graph, or ranked here) and the diverse top_k, for a whole batch."""
+        settings, store = self.concept_settings, self.semantics
+        q = None
+        if settings.center or "concept_ids" not in outputs:
+            q = concepts.aggregate(outputs["channel_weights"], outputs["channel_activation"],
+                                   store.channel_semantics, settings.beta)
+        if "concept_ids" in outputs:
+            ids = outputs["concept_ids"][:, : settings.candidates]
+            scores = outputs["concept_scores"][:, : settings.candidates]
+        else:
+            ids, scores = concepts.rank(q, store.text_embeddings, settings.candidates)
+        return concepts.select_diverse(
+            q, store.text_embeddings, ids, settings.l1, settings.l2, settings.steps, settings.top_k,
+            candidate_scores=scores, center=self._vocabulary_mean if settings.center else False,
+        )
+
+    def _groups(self, outputs, row: int, selection: concepts.Selection, geometry):
+        if "activations" not in outputs:
+            raise TextcamError(
+                f"{self.bundle.path}: the graph returned no activations; re-export with --with-activations"
+            )
+        spec = self.bundle.input
+        groups, _rest = concepts.channel_groups(
+            outputs["channel_weights"][row], outputs["channel_activation"][row], outputs["activations"][row],
+            self.semantics.channel_semantics, self.semantics.text_embeddings, selection.ids[row],
+            self.concept_settings.group_channels, phrases=self.semantics.phrases, method=self.bundle.method,
+            input_hw=(spec.height, spec.width), geometry=geometry,
+        )
+        return groups
+
+
+class _FusedGraph:
+    """The bundle as a runner sees it, with the fused graph (ranking inside) in place of model.onnx."""
+
+    def __init__(self, bundle: Bundle, model_path: Path):
+        self._bundle = bundle
+        self.model_path = model_path
+
+    def __getattr__(self, name):
+        return getattr(self._bundle, name)
+
+
+def _checked_file(bundle: Bundle, entry: dict, what: str) -> Path:
+    path = bundle.path / entry.get("file", "")
+    if not entry.get("file") or not path.is_file():
+        raise TextcamError(f"{path}: the {what} named in the manifest is missing; re-run `textcam semantics`")
+    if entry.get("sha256") not in (None, sha256_file(path)):
+        raise TextcamError(f"{path}: checksum differs from the manifest (file changed); re-run `textcam semantics`")
+    return path
+
+
+def _load_store(bundle: Bundle, spec: dict) -> SemanticsStore:
+    if not isinstance(spec, dict):
+        raise TextcamError(f"{bundle.path / 'manifest.json'}: bad 'semantics' entry; re-run `textcam semantics`")
+    path = _checked_file(bundle, {**spec, "file": spec.get("file") or STORE_FILE}, "semantics store")
+    return read_store(path, model_sha256=bundle.manifest["model"].get("sha256"), channels=bundle.channels)

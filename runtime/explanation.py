@@ -22,6 +22,29 @@ class Concept:
 
 
 @dataclass
+class Group:
+    """Channels that one phrase describes, and the part of the map they make (``explain(groups=True)``)."""
+
+    phrase: str
+    phrase_id: int
+    channels: np.ndarray
+    """int64 channel indices, largest contribution first."""
+    share: float
+    """This group's part of the total positive contribution sum_j ReLU(w_j a_j)."""
+    saliency: np.ndarray
+    """float32 [h, w]: sum_{j in group} w_j A_j, before ReLU, at the layer's resolution."""
+    heatmap: np.ndarray
+    """float32 [H, W] in [0, 1]: ReLU of ``saliency`` normalized and mapped like the main heatmap."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"phrase": self.phrase, "channels": [int(c) for c in self.channels], "share": float(self.share)}
+
+    def overlay(self, image: Image.Image | np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
+        """This group's map blended over ``image`` (the original, at any size)."""
+        return blend(self.heatmap, image, alpha, colormap)
+
+
+@dataclass
 class Explanation:
     class_index: int
     label: str
@@ -36,6 +59,8 @@ class Explanation:
     """The file the image came from, when it came from a file."""
     concepts: list[Concept] = field(default_factory=list)
     """Top phrases for the evidence; empty until the bundle carries channel semantics."""
+    groups: list[Group] = field(default_factory=list)
+    """The map split by phrase; filled by ``explain(..., groups=True)``."""
 
     def to_dict(self, include_heatmap: bool = False) -> dict[str, Any]:
         """JSON-safe summary; the heatmap (large) only when asked for."""
@@ -47,6 +72,7 @@ class Explanation:
             "heatmap_shape": list(self.heatmap.shape),
             "heatmap_peak_xy": list(self.peak()),
             "concepts": [{"phrase": c.phrase, "score": float(c.score)} for c in self.concepts],
+            "groups": [g.to_dict() for g in self.groups],
             "logits": [float(v) for v in self.logits],
         }
         if include_heatmap:
@@ -60,15 +86,19 @@ class Explanation:
 
     def overlay(self, image: Image.Image | np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
         """The heatmap blended over ``image`` (the original, at any size), as an RGB PIL image."""
-        if not 0.0 <= alpha <= 1.0:
-            raise TextcamError(f"alpha {alpha}: expected a value between 0 and 1")
-        base = to_rgb(Image.fromarray(image) if isinstance(image, np.ndarray) else image)
-        heat = self.heatmap
-        if (base.height, base.width) != heat.shape:
-            heat = resize_map(heat, base.width, base.height)
-        colours = colorize(heat, colormap).astype(np.float32)
-        blended = (1.0 - alpha) * np.asarray(base, dtype=np.float32) + alpha * colours
-        return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
+        return blend(self.heatmap, image, alpha, colormap)
+
+
+def blend(heat: np.ndarray, image: Image.Image | np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
+    """A [0, 1] map colorized and blended over ``image`` (resized to the image when sizes differ)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise TextcamError(f"alpha {alpha}: expected a value between 0 and 1")
+    base = to_rgb(Image.fromarray(image) if isinstance(image, np.ndarray) else image)
+    if (base.height, base.width) != heat.shape:
+        heat = resize_map(heat, base.width, base.height)
+    colours = colorize(heat, colormap).astype(np.float32)
+    blended = (1.0 - alpha) * np.asarray(base, dtype=np.float32) + alpha * colours
+    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
 
 
 def resize_map(heatmap: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,9 @@ from textcam.runtime.backends import create_runner
 from textcam.runtime.bundle import Bundle
 from textcam.runtime.bundle_files import read_manifest, sha256_file, write_manifest
 from textcam.runtime.images import load_image
-from textcam.runtime.semantics_file import STORE_FILE, SemanticsStore, write_store
+from textcam.runtime.concepts import ConceptSettings
+from textcam.runtime.fused_ranking import FUSED_FILE, fuse_ranking
+from textcam.runtime.semantics_file import STORE_FILE, SemanticsStore, read_store, write_store
 from textcam.semantics_store.clip_encoder import ClipEncoder
 from textcam.semantics_store.embedding_cache import EmbeddingCache, file_hash
 from textcam.semantics_store.lda import LDA_MODES, channel_directions
@@ -142,10 +144,13 @@ def build_semantics(
         "clip_model": clip.model_id,
         "lda": lda,
         "m": m,
-        "fused_graph": _fuse(bundle, store) if fuse else None,
     }
+    settings = ConceptSettings()
+    entry["fused_graph"] = _fuse(bundle, store_path, settings) if fuse else None
+    if not fuse:
+        (bundle.path / FUSED_FILE).unlink(missing_ok=True)  # a stale fused graph would not match
     manifest = read_manifest(bundle.path)
-    manifest["semantics"] = {**entry, "defaults": _runtime_defaults()}
+    manifest["semantics"] = {**entry, "defaults": asdict(settings)}
     write_manifest(bundle.path, manifest)
     seconds["write"] = time.perf_counter() - start
     for path, message in failed:
@@ -171,22 +176,8 @@ def _embed_images(clip: ClipEncoder, paths: list[Path], cache_dir, batch_size: i
     return np.stack(result).astype(np.float32)
 
 
-def _runtime_defaults() -> dict:
-    try:
-        from textcam.runtime.concepts import DEFAULTS
-    except ImportError:
-        return {"beta": "contribution", "top_k": 5, "candidates": 64}
-    return dict(DEFAULTS)
-
-
-def _fuse(bundle: Bundle, store: SemanticsStore) -> dict | None:
-    try:
-        from textcam.runtime.fused_ranking import FUSED_FILE, fuse_ranking
-    except ImportError:
-        return None
-    defaults = _runtime_defaults()
-    out = bundle.path / FUSED_FILE
-    fuse_ranking(bundle.model_path, out, store.channel_semantics, store.text_embeddings,
-                 defaults.get("beta", "contribution"), min(int(defaults.get("candidates", 64)), len(store.phrases)))
-    return {"file": FUSED_FILE, "sha256": sha256_file(out),
-            "candidates": min(int(defaults.get("candidates", 64)), len(store.phrases))}
+def _fuse(bundle: Bundle, store_path: Path, settings: ConceptSettings) -> dict:
+    # the arrays as the runtime will read them (fp16-rounded), so graph and numpy rank alike
+    stored = read_store(store_path)
+    return fuse_ranking(bundle.model_path, bundle.path / FUSED_FILE, stored.channel_semantics,
+                        stored.text_embeddings, settings.beta, settings.candidates)

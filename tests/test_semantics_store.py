@@ -195,3 +195,19 @@ def test_cli_semantics_errors(small_bundle, tmp_path, probe):
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 1, run.stderr
         assert message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_built_bundle_explains_with_phrases_fused_or_not(bundle, probe, clip):
+    from textcam.runtime import Explainer
+
+    build_semantics(bundle, probe, clip, vocab=["builtin:attributes", "builtin:classes"], m=8, show_progress=False)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["semantics"]["fused_graph"]["file"] == "model.semantics.onnx"
+    image = bundle.parent / "x.png"
+    shutil.copy(next(iter(probe.glob("*.png"))), image)
+    fused = Explainer(bundle).explain(image)
+    plain = Explainer(bundle, use_fused=False).explain(image)
+    assert len(fused.concepts) == 5
+    assert [c.phrase for c in fused.concepts] == [c.phrase for c in plain.concepts]
+    store = read_store(bundle / STORE_FILE)
+    assert all(c.phrase in store.phrases for c in fused.concepts)

@@ -25,8 +25,14 @@ PROGRESS_THRESHOLD = 8  # more images than this get a progress bar
               help="Write heatmap overlays (PNG) into DIR.")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Overlay opacity.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
-def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha, threads):
+@click.option("--groups", is_flag=True,
+              help="Split each map by phrase and write one overlay per group into --out (needs semantics and a "
+                   "bundle exported with --with-activations).")
+def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha, threads, groups):
     """Explain images with a bundle: predicted label, score and heatmap for each.
+
+    With channel semantics in the bundle (`textcam semantics`), each line also names the top
+    three phrases for the evidence.
 
     Directories are expanded to the images they contain. A file that cannot be read is reported
     on stderr and the others are still explained; the exit status is 1 if any failed.
@@ -35,15 +41,20 @@ def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha
     Examples:
       textcam explain resnet50.textcam cat.jpg dog.png
       textcam explain resnet50.textcam photos/ --out overlays/ --json > results.jsonl
+      textcam explain resnet50.textcam cat.jpg --groups --out overlays/
     """
     from tqdm import tqdm
 
     from textcam.runtime import Explainer
     from textcam.runtime.images import list_images, load_image
 
+    if groups and not out:
+        raise TextcamError("--groups writes one overlay per group: give --out DIR")
     explainer = Explainer(bundle, batch_size=batch_size, intra_op_threads=threads)
     if class_index is not None:
         explainer._classes(class_index, 1)  # range check before any work
+    if groups:
+        explainer.check_groups()
     paths = list_images(list(images))
     out_dir = Path(out) if out else None
     if out_dir:
@@ -53,19 +64,28 @@ def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha
     used_names: set[str] = set()
     failures = 0
     progress = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) <= PROGRESS_THRESHOLD)
-    for path, result in explainer.explain_files(paths, class_index):
+    for path, result in explainer.explain_files(paths, class_index, groups=groups):
         progress.update(1)
         if isinstance(result, TextcamError):
             failures += 1
             progress.write(f"error: {result}", file=sys.stderr)
             continue
         overlay_path = None
+        group_paths = []
         if out_dir:
             overlay_path = out_dir / _unique_name(path, used_names)
-            result.overlay(load_image(path, explainer.max_pixels), alpha=alpha).save(overlay_path)
+            original = load_image(path, explainer.max_pixels)
+            result.overlay(original, alpha=alpha).save(overlay_path)
+            for number, group in enumerate(result.groups, 1):
+                stem = overlay_path.name.removesuffix(".cam.png")
+                group_path = out_dir / f"{stem}.group{number}-{_slug(group.phrase)}.png"
+                group.overlay(original, alpha=alpha).save(group_path)
+                group_paths.append(str(group_path))
         if as_json:
             record = result.to_dict()
             record["overlay"] = str(overlay_path) if overlay_path else None
+            if groups:
+                record["group_overlays"] = group_paths
             line = json.dumps(record)
         else:
             concepts = ", ".join(c.phrase for c in result.concepts[:3])
@@ -77,6 +97,12 @@ def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha
     if failures:
         click.echo(f"{failures} of {len(paths)} image(s) could not be explained", err=True)
         sys.exit(1)
+
+
+def _slug(phrase: str, limit: int = 40) -> str:
+    """A phrase as a safe file-name part: letters and digits, the rest as single dashes."""
+    slug = "".join(c if c.isalnum() else "-" for c in phrase.lower())
+    return "-".join(part for part in slug.split("-") if part)[:limit] or "group"
 
 
 def _unique_name(path: Path, used: set[str]) -> str:
