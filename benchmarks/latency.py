@@ -187,10 +187,11 @@ def prepare(config: Config, args, work: Path) -> dict:
     """Export (or reuse from --cache) the bundle and the plain ONNX file; build the contenders' state."""
     import torch
     from pytorch_grad_cam import GradCAM as PgcGradCAM
+    from torchcam.methods import GradCAM as TorchcamGradCAM
+
     from textcam.export import export_bundle
     from textcam.runtime import Explainer
     from textcam.runtime.plain_graph import extract_logits_graph
-    from torchcam.methods import GradCAM as TorchcamGradCAM
 
     input_hw = (args.input_size, args.input_size)
     model = build_model(config.model, args.num_classes, input_hw)

@@ -30,10 +30,10 @@ def build_once(size: int, work: Path, m: int) -> dict:
     """Runs in a child process: generate the probe set, export, build, report."""
     import torch
     import torchvision
-    from textcam.export import export_bundle
-    from textcam.semantics_store import build_semantics, load_clip
 
     from textcam.cli.demo_cmd import demo_images
+    from textcam.export import export_bundle
+    from textcam.semantics_store import build_semantics, load_clip
 
     probe = work / f"probe{size}"
     probe.mkdir(parents=True, exist_ok=True)
@@ -84,7 +84,8 @@ def main() -> None:
             run = subprocess.run([sys.executable, __file__, "--child", str(size), "--work", tmp, "-m", str(args.m)],
                                  capture_output=True, text=True, check=True)
             builds.append(json.loads(run.stdout.strip().splitlines()[-1]))
-            print(f"N={size}: {builds[-1]['total_s']:.1f}s, peak {builds[-1]['peak_memory_mb']:.0f} MB", file=sys.stderr)
+            last = builds[-1]
+            print(f"N={size}: {last['total_s']:.1f}s, peak {last['peak_memory_mb']:.0f} MB", file=sys.stderr)
     lda = lda_timing(256, 128, 20, 2000) if args.quick else lda_timing(2048, 512, 50, 20000)
     result = {"machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
               "builds": builds, "lda": lda}

@@ -179,13 +179,15 @@ def _graph_signature(model: onnx.ModelProto) -> dict:
         for value in values:
             tensor = value.type.tensor_type
             dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
-            result.append({"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": dims})
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+            result.append({"name": value.name, "dtype": dtype, "shape": dims})
         return result
 
     signature = {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
     expected_outputs = list(OUTPUT_NAMES)
     names = [o["name"] for o in signature["outputs"]]
-    if names[: len(expected_outputs)] != expected_outputs or [i["name"] for i in signature["inputs"]] != list(INPUT_NAMES):
+    inputs = [i["name"] for i in signature["inputs"]]
+    if names[: len(expected_outputs)] != expected_outputs or inputs != list(INPUT_NAMES):
         raise TextcamError(f"internal error: exported graph has unexpected inputs/outputs {names}")
     signature["has_activations"] = ACTIVATIONS_OUTPUT in names
     return signature

@@ -143,7 +143,7 @@ def avg_pool2d_backward(
     kh, kw = _pair(kernel_size, 2)
     sh, sw = _pair(stride, 2) if stride else (kh, kw)
     ph, pw = _pair(padding, 2)
-    if ceil_mode or (ph or pw) and not count_include_pad:
+    if ceil_mode or ((ph or pw) and not count_include_pad):
         return NotImplemented  # variable divisors: left to the exporter, which names the op
     divisor = divisor_override or kh * kw
     channels = input.shape[1]

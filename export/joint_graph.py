@@ -141,4 +141,4 @@ class JointExplainer(nn.Module):
             weights,
             activations.mean(dim=(2, 3)),
         )
-        return outputs + (activations,) if self.with_activations else outputs
+        return (*outputs, activations) if self.with_activations else outputs

@@ -121,7 +121,8 @@ def load_state_dict_file(module: nn.Module, path: Path, spec: str) -> str:
         parts = []
         if mismatched:
             k = mismatched[0]
-            hint = " (set --num-classes to match the file)" if own[k].dim() and own[k].shape[1:] == state[k].shape[1:] else ""
+            same_rows = own[k].dim() and own[k].shape[1:] == state[k].shape[1:]
+            hint = " (set --num-classes to match the file)" if same_rows else ""
             parts.append(
                 f"{len(mismatched)} shape mismatch(es), e.g. {k}: file {tuple(state[k].shape)} vs model "
                 f"{tuple(own[k].shape)}{hint}"

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from textcam.runtime.bundle_files import MODEL_FILE, read_manifest, sha256_file
-
 from textcam.errors import TextcamError
+from textcam.runtime.bundle_files import MODEL_FILE, read_manifest, sha256_file
 
 REQUIRED_KEYS = ("model", "input", "classes", "target_layer", "method", "graph")
 

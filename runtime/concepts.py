@@ -52,10 +52,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from textcam.runtime.explanation import Group, map_to_original
-from textcam.runtime.images import Geometry
 
 from textcam.errors import TextcamError
+from textcam.runtime.explanation import Group, map_to_original
+from textcam.runtime.images import Geometry
 
 BETA_MODES = ("contribution", "weights")
 CHANNEL_WEIGHT_METHODS = ("gradcam", "gradcam++", "xgradcam", "cam")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from textcam.errors import TextcamError
 from textcam.runtime import concepts
 from textcam.runtime.backends import create_runner
 from textcam.runtime.bundle import Bundle
@@ -14,8 +16,6 @@ from textcam.runtime.bundle_files import sha256_file
 from textcam.runtime.explanation import Concept, Explanation, map_to_original, softmax
 from textcam.runtime.images import DEFAULT_MAX_PIXELS, Geometry, array_to_image, load_image, preprocess
 from textcam.runtime.semantics_file import STORE_FILE, SemanticsStore, read_store
-
-from textcam.errors import TextcamError
 
 ImageInput = str | Path | Image.Image | np.ndarray
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from textcam.runtime.colormaps import colorize
-from textcam.runtime.images import Geometry, to_rgb
 
 from textcam.errors import TextcamError
+from textcam.runtime.colormaps import colorize
+from textcam.runtime.images import Geometry, to_rgb
 
 
 @dataclass

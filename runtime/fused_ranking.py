@@ -24,10 +24,10 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from textcam.runtime.bundle_files import write_file_atomic
-from textcam.runtime.concepts import BETA_MODES
 
 from textcam.errors import TextcamError, first_line
+from textcam.runtime.bundle_files import write_file_atomic
+from textcam.runtime.concepts import BETA_MODES
 
 FUSED_FILE = "model.semantics.onnx"
 OUTPUTS = ("concept_ids", "concept_scores")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from textcam.runtime.bundle import InputSpec
 
 from textcam.errors import TextcamError
+from textcam.runtime.bundle import InputSpec
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DEFAULT_MAX_PIXELS = 100_000_000  # decoded RGB at this size is 300 MB; larger images are refused

@@ -89,7 +89,9 @@ def read_store(path: Path, model_sha256: str | None = None, channels: int | None
             metadata = dict(handle.metadata() or {})
             arrays = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise TextcamError(f"{path}: not a readable safetensors file ({first_line(exc)}); re-run `textcam semantics`") from None
+        raise TextcamError(
+            f"{path}: not a readable safetensors file ({first_line(exc)}); re-run `textcam semantics`"
+        ) from None
     if metadata.get("format") != STORE_FORMAT:
         raise TextcamError(f"{path}: not a textcam semantics store")
     if int(metadata.get("format_version", "0")) > STORE_VERSION:

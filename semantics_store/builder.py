@@ -24,9 +24,9 @@ from textcam.errors import TextcamError
 from textcam.runtime.backends import create_runner
 from textcam.runtime.bundle import Bundle
 from textcam.runtime.bundle_files import read_manifest, sha256_file, write_manifest
-from textcam.runtime.images import load_image
 from textcam.runtime.concepts import ConceptSettings
 from textcam.runtime.fused_ranking import FUSED_FILE, fuse_ranking
+from textcam.runtime.images import load_image
 from textcam.runtime.semantics_file import STORE_FILE, SemanticsStore, read_store, write_store
 from textcam.semantics_store.clip_encoder import ClipEncoder
 from textcam.semantics_store.embedding_cache import EmbeddingCache, file_hash
@@ -123,7 +123,9 @@ def build_semantics(
     text = clip.embed_phrases(vocabulary.phrases, prompt_templates)
     seconds["text"] = time.perf_counter() - start
     if text.shape[1] != directions.shape[1]:
-        raise TextcamError(f"CLIP text dimension {text.shape[1]} differs from its image dimension {directions.shape[1]}")
+        raise TextcamError(
+            f"CLIP text dimension {text.shape[1]} differs from its image dimension {directions.shape[1]}"
+        )
 
     start = time.perf_counter()
     model_sha = sha256_file(bundle.model_path)

@@ -13,6 +13,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
+
+from textcam.errors import TextcamError
 from textcam.runtime import Explainer, concepts
 from textcam.runtime.bundle_files import read_manifest, sha256_file, write_manifest
 from textcam.runtime.concepts import (
@@ -26,8 +28,6 @@ from textcam.runtime.concepts import (
 )
 from textcam.runtime.fused_ranking import FUSED_FILE, fuse_ranking
 from textcam.runtime.semantics_file import STORE_FILE, SemanticsStore, write_store
-
-from textcam.errors import TextcamError
 
 CLASSES = ["circle", "square", "triangle", "star", "cross"]
 

@@ -17,7 +17,7 @@ def test_demo_runs_end_to_end(tmp_path):
     lines = run.stdout.strip().splitlines()
     assert len(lines) == 3
     for line in lines:
-        path, label, score, _peak = line.split("\t")
+        _path, label, score, _peak = line.split("\t")
         assert label in ("circle", "square", "triangle", "bar", "ring")
         assert 0.0 < float(score) <= 1.0
     overlays = sorted((out / "overlays").glob("*.cam.png"))

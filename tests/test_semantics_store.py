@@ -14,11 +14,11 @@ from PIL import Image
 
 pytest.importorskip("open_clip")
 
-from textcam.errors import TextcamError  # noqa: E402
-from textcam.runtime.semantics_file import STORE_FILE, read_store  # noqa: E402
-from textcam.semantics_store import build_semantics, load_clip  # noqa: E402
-from textcam.semantics_store.probe_set import extreme_images  # noqa: E402
-from textcam.semantics_store.vocabulary import load_templates, load_vocabulary  # noqa: E402
+from textcam.errors import TextcamError
+from textcam.runtime.semantics_file import STORE_FILE, read_store
+from textcam.semantics_store import build_semantics, load_clip
+from textcam.semantics_store.probe_set import extreme_images
+from textcam.semantics_store.vocabulary import load_templates, load_vocabulary
 
 
 def make_probe(folder: Path, count: int, seed: int = 0) -> Path:

@@ -6,11 +6,10 @@ graph's outputs by name. ``Explainer`` only talks to this interface, so a backen
 
 from __future__ import annotations
 
+from textcam.errors import TextcamError
 from textcam.runtime.backends.base import GraphRunner
 from textcam.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
 from textcam.runtime.bundle import Bundle
-
-from textcam.errors import TextcamError
 
 BACKENDS = {"onnxruntime": OnnxRuntimeRunner}
 

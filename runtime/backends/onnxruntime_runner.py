@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from textcam.runtime.backends.base import GraphRunner
 
 from textcam.errors import TextcamError, first_line
+from textcam.runtime.backends.base import GraphRunner
 
 
 class OnnxRuntimeRunner(GraphRunner):
