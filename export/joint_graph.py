@@ -67,7 +67,7 @@ def finish_map(saliency: Tensor, grid: tuple[int, int], input_hw: tuple[int, int
     heat = minmax_normalize(torch.relu(saliency))
     rows = linear_resize_matrix(grid[0], input_hw[0]).to(saliency.device)
     cols = linear_resize_matrix(grid[1], input_hw[1]).to(saliency.device)
-    heat = rows @ heat @ cols.t()
+    heat = rows.to(heat.dtype) @ heat @ cols.t().to(heat.dtype)
     return minmax_normalize(torch.relu(heat))
 
 
@@ -107,9 +107,12 @@ class JointExplainer(nn.Module):
             first = output[0] if isinstance(output, (tuple, list)) else output
             leaf = first.detach().requires_grad_(True)
             captured.append(leaf)
+            # The model continues on a copy: an in-place op after the layer (DenseNet's
+            # F.relu(features, inplace=True)) must not modify the leaf, which autograd forbids.
+            passed = leaf.clone()
             if isinstance(output, (tuple, list)):
-                return type(output)([leaf, *output[1:]])
-            return leaf
+                return type(output)([passed, *output[1:]])
+            return passed
 
         handle = self.target.register_forward_hook(keep_output)
         try:
