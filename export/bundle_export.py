@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +19,7 @@ import textcam
 from textcam.errors import TextcamError
 from textcam.export.cam_methods import get_method
 from textcam.export.joint_graph import ACTIVATIONS_OUTPUT, INPUT_NAMES, OUTPUT_NAMES, JointExplainer
+from textcam.export.layout import LAYOUTS, infer_layout
 from textcam.export.target_layer import choose_layer, find_module, linear_head_weight, probe
 from textcam.export.tensorrt_compat import tensorrt_report
 from textcam.export.tracing import OPSET, export_onnx, trace_joint
@@ -25,6 +28,7 @@ from textcam.runtime.bundle_files import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MODEL_FILE,
+    check_output_dir,
     sha256_file,
     staged_bundle_dir,
     write_manifest,
@@ -36,10 +40,26 @@ RESIZE_POLICIES = ("stretch", "center_crop")
 
 
 def _parse_size(input_size) -> tuple[int, int]:
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if len(size) != 2 or not all(isinstance(s, int) and 8 <= s <= 4096 for s in size):
-        raise TextcamError(f"--input-size {input_size!r}: expected H or HxW, each between 8 and 4096")
-    return size
+    try:
+        size = (input_size, input_size) if isinstance(input_size, numbers.Integral) else tuple(input_size)
+    except TypeError:
+        size = ()
+    shown = "x".join(str(s) for s in size) if size else repr(input_size)
+    if len(size) != 2 or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size):
+        raise TextcamError(f"--input-size {shown}: expected H or HxW (integers), e.g. 224 or 224x288")
+    if not all(8 <= s <= 4096 for s in size):
+        raise TextcamError(f"--input-size {shown}: each side must be between 8 and 4096 pixels")
+    return (int(size[0]), int(size[1]))
+
+
+def _rgb(name: str, values) -> tuple[float, float, float]:
+    try:
+        numbers = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        numbers = ()
+    if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
+        raise TextcamError(f"{name} {values!r}: expected three finite numbers (R,G,B)")
+    return numbers
 
 
 def _stage(progress: Callable[[str], None] | None, message: str) -> float:
@@ -79,13 +99,21 @@ def export_bundle(
         from textcam.export import export_bundle
         export_bundle(torchvision.models.resnet50(), "layer4", "resnet50.textcam")
     """
+    if not isinstance(model, nn.Module):
+        raise TextcamError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if target_layer is not None and not isinstance(target_layer, str):
+        raise TextcamError(f"--layer {target_layer!r}: expected a dotted module name such as 'layer4'")
     out = Path(out)
     input_hw = _parse_size(input_size)
     cam_method = get_method(method)
     if resize not in RESIZE_POLICIES:
         raise TextcamError(f"resize {resize!r}: choose one of {', '.join(RESIZE_POLICIES)}")
-    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
-        raise TextcamError("mean and std need three values each, std positive")
+    if layout not in LAYOUTS:
+        raise TextcamError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    mean, std = _rgb("--mean", mean), _rgb("--std", std)
+    if any(s <= 0 for s in std):
+        raise TextcamError(f"--std {','.join(map(str, std))}: each value must be positive")
+    check_output_dir(out)  # before the slow part
     timings: dict[str, float] = {}
 
     # A private copy: switching off in-place ops (which clash with retaining activations and
@@ -102,12 +130,17 @@ def export_bundle(
     if target_layer is not None:
         find_module(model, target_layer)
     logits, records = probe(model, example)
-    layer = choose_layer(model, records, target_layer)
+    layer = choose_layer(model, records, target_layer, input_hw)
     if target_layer is None and progress:
         progress(f"picked layer '{layer.name}' (output {tuple(layer.output.shape[1:])}); pass --layer to choose")
     num_classes = int(logits.shape[1])
     if class_names is not None and len(class_names) != num_classes:
-        raise TextcamError(f"class names: {len(class_names)} given, the model has {num_classes} classes")
+        raise TextcamError(
+            f"--class-names: {len(class_names)} names given, but the model has {num_classes} classes; "
+            "give one name per class, in logit order"
+        )
+    if layout != "auto":
+        layer.layout = infer_layout(layer.output, model, input_hw, layout)
     head = linear_head_weight(model, layer, logits) if cam_method.needs_linear_head else None
     joint = JointExplainer(
         model, find_module(model, layer.name), cam_method, layer.layout, input_hw, head, with_activations
@@ -122,7 +155,7 @@ def export_bundle(
 
         start = _stage(progress, "exporting to ONNX")
         onnx_path = stage / MODEL_FILE
-        export_onnx(graph, example, target_example, onnx_path)
+        export_onnx(graph, example, target_example, onnx_path, joint=joint)
         timings["onnx_export_s"] = time.perf_counter() - start
 
         start = _stage(progress, "verifying against eager PyTorch on fresh inputs")

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from textcam.errors import TextcamError, did_you_mean, first_line
 from textcam.export.layout import Layout, infer_layout
 
+GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
+
 
 @dataclass
 class ProbedLayer:
@@ -25,6 +27,9 @@ class ProbedLayer:
     output: Tensor
     layout: Layout | None
     spatial_gradient: bool = False
+    version: int = 0
+    modified_in_place: bool = False
+    """The model changed the output in place after the module returned it (e.g. F.relu_)."""
 
 
 def find_module(model: nn.Module, name: str) -> nn.Module:
@@ -47,15 +52,15 @@ def probe(model: nn.Module, example: Tensor) -> tuple[Tensor, list[ProbedLayer]]
             if not any(True for _ in module.children()) and inputs and isinstance(inputs[0], Tensor):
                 head_inputs[:] = [inputs[0]]  # the last leaf module's input feeds the logits
             first = output[0] if isinstance(output, (tuple, list)) and output else output
-            if not isinstance(first, Tensor) or not first.is_floating_point() or first.dim() < 3:
+            if not isinstance(first, Tensor) or not first.is_floating_point():
                 return
-            try:
-                layout = infer_layout(first, model, input_hw)
+            try:  # non-spatial outputs are recorded too, so that choosing one can be refused by shape
+                layout = infer_layout(first, model, input_hw) if first.dim() >= 3 else None
             except TextcamError:
                 layout = None
             if first.requires_grad:
                 first.retain_grad()
-            records.append(ProbedLayer(name, first, layout))
+            records.append(ProbedLayer(name, first, layout, version=first._version))
 
         return hook
 
@@ -66,13 +71,14 @@ def probe(model: nn.Module, example: Tensor) -> tuple[Tensor, list[ProbedLayer]]
     try:
         logits = model(image)
     except Exception as exc:
+        h, w = input_hw
         raise TextcamError(
-            f"the model cannot take a {tuple(example.shape[1:])} input ({first_line(exc)}); "
-            "check --input-size"
+            f"--input-size {h}x{w}: the model cannot run on a {example.shape[1]}x{h}x{w} input "
+            f"({first_line(exc)}); use an input size the model accepts"
         ) from None
     finally:
-        for h in hooks:
-            h.remove()
+        for hook in hooks:
+            hook.remove()
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         raise TextcamError(
             f"the model must return logits of shape [batch, classes]; it returned "
@@ -86,6 +92,7 @@ def probe(model: nn.Module, example: Tensor) -> tuple[Tensor, list[ProbedLayer]]
         score = score + (head_inputs[0] * projection).sum()
     score.backward()
     for rec in records:
+        rec.modified_in_place = rec.output._version != rec.version
         grad = rec.output.grad
         if grad is not None and rec.layout is not None:
             grid_grad = rec.layout.to_grid(grad)
@@ -94,7 +101,9 @@ def probe(model: nn.Module, example: Tensor) -> tuple[Tensor, list[ProbedLayer]]
     return logits.detach(), records
 
 
-def choose_layer(model: nn.Module, records: list[ProbedLayer], name: str | None) -> ProbedLayer:
+def choose_layer(
+    model: nn.Module, records: list[ProbedLayer], name: str | None, input_hw: tuple[int, int] | None = None
+) -> ProbedLayer:
     """The named layer (checked), or the last spatial layer the class score depends on."""
     if name is not None:
         find_module(model, name)
@@ -107,9 +116,12 @@ def choose_layer(model: nn.Module, records: list[ProbedLayer], name: str | None)
         layer = matches[-1]
         if layer.layout is None or layer.layout.grid == (1, 1):
             shape = tuple(layer.output.shape)
+            at = f" at --input-size {input_hw[0]}x{input_hw[1]}" if input_hw else ""
+            pooled = layer.layout is None or isinstance(find_module(model, name), GLOBAL_POOLS)
+            larger = "" if pooled or not input_hw else ", or a larger --input-size"
             raise TextcamError(
-                f"--layer {name!r}: its output {shape} has no spatial grid to explain; choose an "
-                f"earlier layer, e.g. {_suggest(records)!r}"
+                f"--layer {name!r}: its output {shape}{at} has no spatial grid to explain; choose an "
+                f"earlier layer, e.g. {_suggest(records)!r}{larger}"
             )
         return layer
     candidates = [r for r in records if r.layout is not None and r.layout.grid != (1, 1) and r.spatial_gradient]
@@ -133,13 +145,18 @@ def linear_head_weight(model: nn.Module, layer: ProbedLayer, logits: Tensor) -> 
     problem = None
     if layer.layout is None or layer.layout.kind != "nchw":
         problem = "it needs a convolutional (NCHW) layer"
+    elif layer.modified_in_place:
+        problem = "the model changes the layer's output in place before the head reads it (e.g. an in-place ReLU)"
     elif not linears or linears[-1].out_features != logits.shape[1]:
         problem = "the model's last linear layer does not produce the logits"
     else:
         head = linears[-1]
         pooled = layer.output.mean(dim=(2, 3))
         if head.in_features != pooled.shape[1]:
-            problem = f"the head takes {head.in_features} features, the layer has {pooled.shape[1]} channels"
+            problem = (
+                f"the last linear layer takes {head.in_features} features, the layer has {pooled.shape[1]} "
+                "channels (an MLP head?)"
+            )
         else:
             with torch.no_grad():
                 again = nn.functional.linear(pooled, head.weight, head.bias)

@@ -74,7 +74,7 @@ def looks_like_bundle(path: Path) -> bool:
 
 
 def check_output_dir(out: Path) -> None:
-    """Refuse to write a bundle over a directory that holds something else."""
+    """Refuse to write a bundle over a directory that holds something else, or where none can be made."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise TextcamError(f"{out}: exists and is not a directory; choose another output path")
@@ -83,6 +83,13 @@ def check_output_dir(out: Path) -> None:
             f"{out}: directory exists and is not a textcam bundle; refusing to overwrite it "
             "(choose a new path or remove the directory)"
         )
+    ancestor = out.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise TextcamError(f"{out}: cannot be created because {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise TextcamError(f"{out}: cannot be created: no write permission in {ancestor}")
 
 
 @contextmanager
@@ -93,8 +100,11 @@ def staged_bundle_dir(out: Path) -> Iterator[Path]:
     """
     out = Path(out).absolute()
     check_output_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    except OSError as exc:
+        raise TextcamError(f"{out}: cannot create the bundle there ({exc.strerror or exc})") from None
     os.chmod(stage, 0o777 & ~_umask())  # mkdtemp's 0700 would make the bundle private
     try:
         yield stage

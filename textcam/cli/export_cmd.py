@@ -35,10 +35,14 @@ def _floats(name: str, value: str | None):
 def _class_names(path: str | None) -> list[str] | None:
     if path is None:
         return None
+    if not Path(path).is_file():
+        raise TextcamError(f"--class-names {path}: file not found; expected one class name per line")
     try:
         names = [line.strip() for line in Path(path).read_text("utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TextcamError(f"--class-names {path}: cannot read it as UTF-8 text ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise TextcamError(f"--class-names {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise TextcamError(f"--class-names {path}: cannot read it ({exc.strerror or exc})") from None
     if not names:
         raise TextcamError(f"--class-names {path}: the file is empty; expected one class name per line")
     return names

@@ -1,0 +1,292 @@
+"""The backward decompositions (export/decompositions.py) against eager autograd.
+
+Each decomposition is called directly with the arguments the aten backward op receives and
+compared with ``torch.autograd.grad`` of the forward op on random inputs. One end-to-end test
+exports a tiny CNN whose explained layer feeds a max pool and checks the ONNX graph has no
+MaxPool ``Indices`` output and that ONNX Runtime reproduces the eager gradients.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from textcam.export import decompositions as D  # noqa: E402
+
+RTOL, ATOL = 1e-5, 1e-5
+
+
+def _generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _input_grad(forward, x: torch.Tensor, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(random upstream gradient, eager gradient of forward(x) w.r.t. x for it)."""
+    x = x.clone().requires_grad_(True)
+    y = forward(x)
+    upstream = torch.randn(y.shape, generator=_generator(seed))
+    (grad,) = torch.autograd.grad(y, x, upstream)
+    return upstream, grad
+
+
+# --- convolution_backward --------------------------------------------------------------------
+
+CONV_CASES = {
+    # name: (input shape, out channels, kernel, stride, padding, dilation, groups)
+    "3x3 s1 p1": ((2, 4, 9, 9), 6, (3, 3), 1, 1, 1, 1),
+    "3x3 s2 p1 odd size (output_padding 0)": ((2, 4, 9, 9), 6, (3, 3), 2, 1, 1, 1),
+    "3x3 s2 p1 even size (output_padding 1)": ((2, 4, 8, 8), 6, (3, 3), 2, 1, 1, 1),
+    "7x7 s2 p3 resnet stem, odd": ((1, 3, 33, 31), 8, (7, 7), 2, 3, 1, 1),
+    "1x1 s2 downsample, even": ((2, 8, 10, 10), 16, (1, 1), 2, 0, 1, 1),
+    "groups=4": ((2, 8, 11, 11), 12, (3, 3), 1, 1, 1, 4),
+    "depthwise s2": ((2, 6, 12, 12), 6, (3, 3), 2, 1, 1, 6),
+    "dilation 2": ((2, 4, 13, 13), 5, (3, 3), 1, 2, 2, 1),
+    "dilation 2 s2, needs output_padding": ((1, 4, 14, 15), 5, (3, 3), 2, 1, 2, 1),
+    "rectangular kernel and stride": ((2, 3, 12, 17), 4, (3, 5), (2, 3), (1, 2), 1, 1),
+    "stride 3 leaves rows unused": ((1, 2, 11, 11), 3, (3, 3), 3, 0, 1, 1),
+}
+
+
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_convolution_backward_matches_autograd(case):
+    shape, out_channels, kernel, stride, padding, dilation, groups = CONV_CASES[case]
+    x = torch.randn(shape, generator=_generator())
+    weight = torch.randn(out_channels, shape[1] // groups, *kernel, generator=_generator(2))
+    upstream, expected = _input_grad(lambda t: F.conv2d(t, weight, None, stride, padding, dilation, groups), x)
+    pair = D._pair
+    got = D.convolution_backward(
+        upstream, x, weight, [out_channels], pair(stride, 2), pair(padding, 2), pair(dilation, 2),
+        False, [0, 0], groups, [True, False, False],
+    )
+    assert got[1] is None and got[2] is None
+    assert got[0].shape == x.shape
+    torch.testing.assert_close(got[0], expected, rtol=RTOL, atol=ATOL)
+
+
+def test_convolution_backward_1d_matches_autograd():
+    x = torch.randn(2, 4, 21, generator=_generator())
+    weight = torch.randn(6, 2, 5, generator=_generator(2))
+    upstream, expected = _input_grad(lambda t: F.conv1d(t, weight, None, 2, 2, 1, 2), x)
+    got = D.convolution_backward(upstream, x, weight, None, [2], [2], [1], False, [0], 2, [True, False, False])
+    torch.testing.assert_close(got[0], expected, rtol=RTOL, atol=ATOL)
+
+
+def test_convolution_backward_leaves_what_it_cannot_do_to_the_exporter():
+    x, weight = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    grad = torch.randn(1, 3, 3, 3)
+    weight_grad = D.convolution_backward(grad, x, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                                         [True, True, False])
+    transposed = D.convolution_backward(grad, x, weight, None, [1, 1], [0, 0], [1, 1], True, [0, 0], 1,
+                                        [True, False, False])
+    assert weight_grad is NotImplemented and transposed is NotImplemented
+
+
+# --- max_pool2d_backward ---------------------------------------------------------------------
+
+POOL_CASES = {
+    # name: (input shape, kernel, stride, padding)
+    "resnet 3x3 s2 p1, even": ((2, 3, 16, 16), 3, 2, 1),
+    "resnet 3x3 s2 p1, odd": ((2, 3, 17, 15), 3, 2, 1),
+    "2x2 s2, even": ((2, 3, 12, 12), 2, 2, 0),
+    "2x2 s2, odd (last row dropped)": ((2, 3, 13, 11), 2, 2, 0),
+    "3x3 s1 p1 (overlapping)": ((1, 2, 9, 9), 3, 1, 1),
+    "stride defaults to kernel": ((1, 2, 8, 8), 2, None, 0),
+}
+
+TIE_INPUTS = {
+    "random": lambda shape: torch.randn(shape, generator=_generator()),
+    "few distinct values (ties)": lambda shape: torch.randint(0, 3, shape, generator=_generator()).float(),
+    "all equal": lambda shape: torch.full(shape, 0.5),
+    "all zero (after ReLU)": lambda shape: torch.relu(-torch.rand(shape, generator=_generator())),
+}
+
+
+@pytest.mark.parametrize("values", list(TIE_INPUTS))
+@pytest.mark.parametrize("case", list(POOL_CASES))
+def test_max_pool2d_backward_matches_autograd(case, values):
+    shape, kernel, stride, padding = POOL_CASES[case]
+    x = TIE_INPUTS[values](shape)
+    upstream, expected = _input_grad(lambda t: F.max_pool2d(t, kernel, stride, padding), x)
+    got = D.max_pool2d_backward(
+        upstream, x, [kernel, kernel], [] if stride is None else [stride, stride], [padding, padding], [1, 1],
+        False, None,
+    )
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_max_pool2d_backward_refuses_ceil_mode_and_dilation():
+    x = torch.randn(1, 1, 7, 7)
+    grad = torch.randn(1, 1, 4, 4)
+    assert D.max_pool2d_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1], True, None) is NotImplemented
+    assert D.max_pool2d_backward(grad, x, [2, 2], [2, 2], [0, 0], [2, 2], False, None) is NotImplemented
+
+
+# --- adaptive_avg_pool2d_backward and avg_pool2d_backward -------------------------------------
+
+ADAPTIVE_CASES = {
+    "divisible 8->4": ((2, 3, 8, 8), (4, 4)),
+    "non-divisible 7->3": ((2, 3, 7, 7), (3, 3)),
+    "non-divisible rectangular 5x11->(2,3)": ((1, 4, 5, 11), (2, 3)),
+    "global 1x1": ((2, 5, 7, 6), (1, 1)),
+    "upsampling 3->5": ((1, 2, 3, 3), (5, 5)),
+}
+
+
+@pytest.mark.parametrize("case", list(ADAPTIVE_CASES))
+def test_adaptive_avg_pool2d_backward_matches_autograd(case):
+    shape, size = ADAPTIVE_CASES[case]
+    x = torch.randn(shape, generator=_generator())
+    upstream, expected = _input_grad(lambda t: F.adaptive_avg_pool2d(t, size), x)
+    got = D.adaptive_avg_pool2d_backward(upstream, x)
+    torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_adaptive_pooling_matrix_rows_are_pytorch_windows():
+    matrix = D.adaptive_pooling_matrix(7, 3, torch.float32)
+    x = torch.randn(1, 1, 1, 7, generator=_generator())
+    torch.testing.assert_close(x[0, 0] @ matrix.t(), F.adaptive_avg_pool2d(x, (1, 3))[0, 0])
+
+
+AVG_CASES = {
+    # name: (input shape, kernel, stride, padding, count_include_pad, divisor_override)
+    "2x2 s2": ((2, 3, 8, 8), 2, 2, 0, True, None),
+    "2x2 s2 odd size": ((2, 3, 9, 7), 2, 2, 0, True, None),
+    "3x3 s1 p1 count_include_pad": ((1, 2, 7, 7), 3, 1, 1, True, None),
+    "3x3 s2 p1 odd size": ((1, 2, 11, 11), 3, 2, 1, True, None),
+    "3x3 s2 divisor_override": ((1, 2, 9, 9), 3, 2, 0, True, 4),
+    "padding without count_include_pad, no padding used": ((1, 2, 8, 8), 2, 2, 0, False, None),
+}
+
+
+@pytest.mark.parametrize("case", list(AVG_CASES))
+def test_avg_pool2d_backward_matches_autograd(case):
+    shape, kernel, stride, padding, include_pad, divisor = AVG_CASES[case]
+    x = torch.randn(shape, generator=_generator())
+    upstream, expected = _input_grad(
+        lambda t: F.avg_pool2d(t, kernel, stride, padding, False, include_pad, divisor), x
+    )
+    got = D.avg_pool2d_backward(upstream, x, [kernel, kernel], [stride, stride], [padding, padding], False,
+                                include_pad, divisor)
+    torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_avg_pool2d_backward_leaves_variable_divisors_to_the_exporter():
+    x, grad = torch.randn(1, 1, 8, 8), torch.randn(1, 1, 4, 4)
+    assert D.avg_pool2d_backward(grad, x, [3, 3], [2, 2], [1, 1], False, False, None) is NotImplemented
+    assert D.avg_pool2d_backward(grad, x, [3, 3], [2, 2], [1, 1], True, True, None) is NotImplemented
+
+
+# --- select_backward / slice_backward ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dim, index", [(1, 0), (1, -1), (2, 3), (-1, 2)])
+def test_select_backward_matches_autograd(dim, index):
+    x = torch.randn(2, 5, 6, 4, generator=_generator())
+    upstream, expected = _input_grad(lambda t: t.select(dim, index), x)
+    torch.testing.assert_close(D.select_backward(upstream, list(x.shape), dim, index), expected)
+
+
+@pytest.mark.parametrize("dim, start, end", [(1, 1, 5), (1, 0, 1), (2, -3, 2**62), (-1, 1, -1)])
+def test_slice_backward_matches_autograd(dim, start, end):
+    x = torch.randn(2, 5, 6, 4, generator=_generator())
+    size = x.shape[dim]
+    upstream, expected = _input_grad(lambda t: t.narrow(dim, *_normalized(start, end, size)), x)
+    torch.testing.assert_close(D.slice_backward(upstream, list(x.shape), dim, start, end, 1), expected)
+
+
+def _normalized(start, end, size):
+    start = start + size if start < 0 else start
+    end = min(end + size if end < 0 else end, size)
+    return start, end - start
+
+
+def test_decomposition_table_covers_the_backward_ops():
+    aten = torch.ops.aten
+    table = D.decomposition_table()
+    for op in (aten.convolution_backward.default, aten.max_pool2d_with_indices_backward.default,
+               aten._adaptive_avg_pool2d_backward.default, aten.avg_pool2d_backward.default):
+        assert op in table
+
+
+# --- end to end: the exported graph -----------------------------------------------------------
+
+
+class PoolNet(torch.nn.Module):
+    """conv (explained) -> max pool 3x3 s2 p1 -> conv -> max pool 2x2 -> GAP -> linear."""
+
+    def __init__(self, num_classes: int = 4):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.pool1 = torch.nn.MaxPool2d(3, 2, 1)
+        self.conv = torch.nn.Conv2d(6, 8, 3, padding=1)
+        self.pool2 = torch.nn.MaxPool2d(2, 2)
+        self.fc = torch.nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.pool2(torch.relu(self.conv(self.pool1(self.stem(x)))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def pool_bundle(tmp_path_factory):
+    from textcam.export import export_bundle
+
+    torch.manual_seed(0)
+    model = PoolNet().eval()
+    out = tmp_path_factory.mktemp("pool") / "poolnet.textcam"
+    export_bundle(model, "stem", out, method="hirescam", input_size=(23, 21))
+    return model, out
+
+
+def test_exported_max_pool_has_no_indices_output(pool_bundle):
+    onnx = pytest.importorskip("onnx")
+    _, out = pool_bundle
+    graph = onnx.load(str(out / "model.onnx"))
+    nodes = list(graph.graph.node) + [n for f in graph.functions for n in f.node]
+    pools = [n for n in nodes if n.op_type == "MaxPool"]
+    assert pools, "the forward max pools should be in the graph"
+    assert all(len([o for o in n.output if o]) == 1 for n in pools), "a MaxPool computes Indices"
+    assert not any(n.op_type in ("MaxUnpool", "ScatterElements", "ScatterND") for n in nodes)
+
+
+def _eager_hirescam(model, image, target):
+    """HiResCAM from plain eager autograd (not the joint module): sum_k dY/dA_k * A_k, finished."""
+    from textcam.export.joint_graph import finish_map
+
+    captured = {}
+    handle = model.stem.register_forward_hook(lambda _m, _i, out: captured.setdefault("a", out))
+    try:
+        logits = model(image.clone().requires_grad_(True))
+    finally:
+        handle.remove()
+    chosen = torch.where(target < 0, logits.argmax(1), target)
+    score = logits.gather(1, chosen[:, None]).sum()
+    (grad,) = torch.autograd.grad(score, captured["a"])
+    activations = captured["a"].detach()
+    saliency = (grad * activations).sum(dim=1)
+    cam = finish_map(saliency, tuple(activations.shape[2:]), tuple(image.shape[2:]))
+    return logits.detach(), grad.mean(dim=(2, 3)), cam
+
+
+@pytest.mark.parametrize("images", ["random", "flat patches (ties in the pools)"])
+def test_exported_pool_gradients_match_eager_in_onnxruntime(pool_bundle, images):
+    ort = pytest.importorskip("onnxruntime")
+    model, out = pool_bundle
+    generator = _generator(7)
+    if images == "random":
+        image = torch.randn(3, 3, 23, 21, generator=generator)
+    else:  # piecewise-constant images: equal activations inside each patch, so max-pool windows tie
+        coarse = torch.randn(3, 3, 4, 4, generator=generator)
+        image = F.interpolate(coarse, size=(23, 21), mode="nearest")
+    target = torch.tensor([-1, 0, 3])
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits, _classes, cam, weights, _activation = session.run(
+        None, {"image": image.numpy(), "target_class": target.numpy()}
+    )[:5]
+    eager_logits, eager_weights, eager_cam = _eager_hirescam(model, image, target)
+    torch.testing.assert_close(torch.from_numpy(logits), eager_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(weights), eager_weights, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(cam), eager_cam, rtol=1e-3, atol=1e-4)
