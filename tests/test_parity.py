@@ -1,0 +1,128 @@
+"""Exported bundles vs eager PyTorch autograd and vs pytorch-grad-cam (see parity_support.py).
+
+Default run: resnet18 (layer4, layer3) with all six methods, a tiny torchvision ViT (token
+reshape) and a tiny Swin (channels-last), small inputs. The complete family x method matrix at
+224x224 is marked ``full_matrix`` (``pytest -m full_matrix tests/test_parity.py``);
+benchmarks/parity_matrix.py runs the same matrix and writes benchmarks/results/parity.md.
+
+Every (model, layer, method) is exported once and checked on batch 1 and batch 3 (row 0 of
+batch 3 asks for the predicted class with -1).
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("pytorch_grad_cam")
+
+sys.path.insert(0, str(Path(__file__).parent))
+import parity_support as ps
+
+BATCHES = (1, 3)
+
+
+def _cells(cases, full: bool, methods=None):
+    """(case, method, batch) params, batch innermost so one export is live at a time."""
+    marks = [pytest.mark.full_matrix, pytest.mark.slow] if full else []
+    params = []
+    for case in cases:
+        for method in methods or case.methods():
+            if method == "cam" and not case.cam_ok:
+                continue
+            for batch in BATCHES:
+                cell_id = f"{case.id}-{method}-b{batch}"
+                params.append(pytest.param(case, method, batch, marks=marks, id=cell_id))
+    return params
+
+
+FAST_CELLS = _cells(ps.FAST_CASES, False) + _cells([ps.FAST_SWIN], False, ps.FAST_SWIN_METHODS)
+FULL_CELLS = _cells(ps.FULL_CASES, True)
+
+
+class _Exports:
+    """Holds the model of the current family and the bundle of the current (case, method).
+
+    Parameters run family by family and batch innermost, so keeping only the latest of each
+    means one export per (model, layer, method) and bounded memory for the 224x224 matrix.
+    """
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.family = self.model = None
+        self.key = self.session = self.path = None
+
+    def model_for(self, case: ps.Case):
+        if case.family.startswith("timm:"):
+            pytest.importorskip("timm")
+        if self.family != case.family:
+            self.family, self.model = None, None
+            gc.collect()
+            self.model, self.family = ps.build_model(case), case.family
+        return self.model
+
+    def session_for(self, case: ps.Case, method: str):
+        model = self.model_for(case)
+        if self.key != (case.id, method):
+            self.session = None
+            if self.path is not None:
+                shutil.rmtree(self.path, ignore_errors=True)
+            self.key = self.path = None
+            gc.collect()
+            path = self.workdir / f"{case.family.replace(':', '_')}-{case.layer}-{method}.textcam"
+            ps.export_case(case, model, method, path)
+            self.session, self.path, self.key = ps.open_session(path), path, (case.id, method)
+        return model, self.session
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    return _Exports(tmp_path_factory.mktemp("parity"))
+
+
+def _check(exports: _Exports, case: ps.Case, method: str, batch: int) -> None:
+    model, session = exports.session_for(case, method)
+    result = ps.compare(case, model, session, method, batch)
+    problems = ps.failures(case, method, result)
+    keys = ("heatmap_max_abs", "logits_rel", "weights_rel", "activation_rel", "targets")
+    summary = {k: result[k] for k in keys}
+    assert not problems, f"{case.id} {method} batch {batch}: {'; '.join(problems)} ({summary})"
+
+
+@pytest.mark.parametrize(("case", "method", "batch"), FAST_CELLS)
+def test_parity_fast(exports, case, method, batch):
+    _check(exports, case, method, batch)
+
+
+@pytest.mark.parametrize(("case", "method", "batch"), FULL_CELLS)
+def test_parity_full_matrix(exports, case, method, batch):
+    _check(exports, case, method, batch)
+
+
+def _refusals(cases, full: bool):
+    marks = [pytest.mark.full_matrix, pytest.mark.slow] if full else []
+    return [pytest.param(c, marks=marks, id=c.id) for c in cases if not c.cam_ok]
+
+
+@pytest.mark.parametrize("case", _refusals(ps.FAST_CASES, False) + _refusals(ps.FULL_CASES, True))
+def test_plain_cam_refused_without_gap_linear_head(exports, case, tmp_path):
+    """Plain CAM needs global-average-pool + one linear layer right after the layer: refused elsewhere."""
+    message = ps.expect_cam_refusal(case, exports.model_for(case), tmp_path / "cam.textcam")
+    assert case.layer in message
+    assert not (tmp_path / "cam.textcam").exists()
+
+
+def test_fast_grids_are_spatial():
+    """The small inputs still give the explained layers a real grid (not 1x1)."""
+    for case in (*ps.FAST_CASES, ps.FAST_SWIN):
+        model = ps.build_model(case)
+        image, order = ps.make_inputs(case, ps.num_classes(model), 1)
+        grid = ps.eager_reference(case, model, image, order[:, 0])["A"].shape[2:]
+        assert min(grid) >= 3, (case.id, grid)
