@@ -13,13 +13,12 @@ that library serves as the parity reference.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from textcam.export.cam_methods import CamMethod
 from textcam.export.layout import Layout
+from textcam.runtime.concepts import linear_resize_matrix
 
 OUTPUT_NAMES = ("logits", "class_index", "cam", "channel_weights", "channel_activation")
 ACTIVATIONS_OUTPUT = "activations"
@@ -34,40 +33,17 @@ def minmax_normalize(maps: Tensor) -> Tensor:
     return (shifted / (NORMALIZE_EPS + shifted.amax(dim=1, keepdim=True))).reshape(maps.shape)
 
 
-def linear_resize_matrix(in_size: int, out_size: int) -> Tensor:
-    """[out, in] bilinear weights with half-pixel centers and edge clamping (OpenCV INTER_LINEAR).
-
-    Resizing as two small matrix products keeps the graph free of gather-based interpolation
-    (what tracing turns ``F.interpolate`` into) and means the same thing on every backend.
-    """
-    # plain Python on purpose: this runs while tracing, and tensor ops would become graph nodes
-    rows = []
-    scale = in_size / out_size
-    for y in range(out_size):
-        src = (y + 0.5) * scale - 0.5
-        left = math.floor(src)
-        frac = src - left
-        if left < 0:
-            left, frac = 0, 0.0
-        if left >= in_size - 1:
-            left, frac = in_size - 1, 0.0
-        row = [0.0] * in_size
-        row[left] += 1.0 - frac
-        if frac:
-            row[left + 1] += frac
-        rows.append(row)
-    return torch.tensor(rows, dtype=torch.float32)
-
-
 def finish_map(saliency: Tensor, grid: tuple[int, int], input_hw: tuple[int, int]) -> Tensor:
     """[B, h, w] pre-ReLU saliency -> [B, H, W] heatmap in [0, 1] at input resolution.
 
     ``grid`` = (h, w) as plain ints: while tracing, the tensor's own sizes are symbolic.
     """
     heat = minmax_normalize(torch.relu(saliency))
-    rows = linear_resize_matrix(grid[0], input_hw[0]).to(saliency.device)
-    cols = linear_resize_matrix(grid[1], input_hw[1]).to(saliency.device)
-    heat = rows.to(heat.dtype) @ heat @ cols.t().to(heat.dtype)
+    # Resizing as two small constant matrix products (OpenCV INTER_LINEAR weights) keeps the graph
+    # free of the gather-based indexing that tracing makes of F.interpolate.
+    rows = torch.tensor(linear_resize_matrix(grid[0], input_hw[0]), dtype=saliency.dtype, device=saliency.device)
+    cols = torch.tensor(linear_resize_matrix(grid[1], input_hw[1]), dtype=saliency.dtype, device=saliency.device)
+    heat = rows @ heat @ cols.t()
     return minmax_normalize(torch.relu(heat))
 
 
