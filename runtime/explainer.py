@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +10,7 @@ from PIL import Image
 
 from textcam.errors import TextcamError
 from textcam.runtime import concepts
-from textcam.runtime.backends import create_runner
+from textcam.runtime.backends import ONNXRUNTIME_BACKENDS, check_backend, create_runner
 from textcam.runtime.bundle import Bundle
 from textcam.runtime.bundle_files import sha256_file
 from textcam.runtime.explanation import Concept, Explanation, map_to_original, softmax
@@ -33,6 +33,14 @@ class Explainer:
 
     One instance may be shared by many threads. ``allow_spinning=False`` keeps ONNX Runtime's
     idle threads from busy-waiting (use it when other compute shares the process).
+
+    ``backend`` picks what runs the graph: ``"onnxruntime"`` (default, CPU), ``"onnxruntime-cuda"``,
+    ``"onnxruntime-tensorrt"`` (onnxruntime-gpu) or ``"tensorrt"`` (the bundle's engine from
+    ``textcam build-engine``); ``backend_options`` are passed to that runner, e.g.
+    ``{"precision": "fp16", "contexts": 2, "cuda_graph_batch": 8}`` for TensorRT (see
+    :mod:`textcam.runtime.backends`). Every backend returns the same outputs, so explanations
+    look the same whichever runs them. A backend that cannot run here fails with one line naming
+    the ones that can.
 
     When the bundle carries channel semantics (``textcam semantics``), every explanation gets
     ``concepts``: the ``top_k`` phrases chosen by diverse selection among the ``candidates``
@@ -61,7 +69,9 @@ class Explainer:
         steps: int | None = None,
         group_channels: int | None = None,
         center: bool | None = None,
+        backend_options: Mapping[str, object] | None = None,
     ):
+        check_backend(backend)  # fail in one line before loading anything
         if batch_size < 1:
             raise TextcamError(f"batch_size={batch_size}: expected a positive number")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
@@ -82,8 +92,15 @@ class Explainer:
                 and self.concept_settings.candidates <= int(fused.get("candidates", 0))):
             graph = _FusedGraph(self.bundle, _checked_file(self.bundle, fused, "fused graph"))
         self.fused = graph is not self.bundle
-        options = {"providers": providers, "intra_op_threads": intra_op_threads, "allow_spinning": allow_spinning}
+        options = _runner_options(backend, providers, intra_op_threads, allow_spinning, backend_options)
+        self.backend = backend
         self.runner = create_runner(backend, graph, **options)
+
+    def close(self) -> None:
+        """Release the backend's device memory now (GPU backends); the CPU backend has nothing to free."""
+        close = getattr(self.runner, "close", None)
+        if close:
+            close()
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -265,6 +282,21 @@ class Explainer:
             input_hw=(spec.height, spec.width), geometry=geometry,
         )
         return groups
+
+
+def _runner_options(backend, providers, intra_op_threads, allow_spinning, backend_options) -> dict:
+    """The runner's keyword arguments: the ONNX Runtime settings where they apply, plus backend_options."""
+    options = dict(backend_options or {})
+    if backend in ONNXRUNTIME_BACKENDS:
+        if providers is not None and backend != "onnxruntime":
+            raise TextcamError(f"providers=: backend {backend!r} chooses its own execution providers")
+        if backend == "onnxruntime":
+            options.setdefault("providers", providers)
+        options.setdefault("intra_op_threads", intra_op_threads)
+        options.setdefault("allow_spinning", allow_spinning)
+    elif providers is not None or intra_op_threads is not None:
+        raise TextcamError(f"providers= and intra_op_threads= apply to the onnxruntime backends, not {backend!r}")
+    return options
 
 
 class _FusedGraph:

@@ -13,6 +13,7 @@ import click
 
 from textcam import __version__
 from textcam.cli.bench_cmd import bench_command
+from textcam.cli.build_engine_cmd import build_engine_command
 from textcam.cli.demo_cmd import demo_command
 from textcam.cli.explain_cmd import explain_command
 from textcam.cli.export_cmd import export_command
@@ -45,6 +46,7 @@ def main() -> None:
       textcam info resnet50.textcam
       textcam explain resnet50.textcam photos/ --out overlays/
       textcam bench resnet50.textcam    # explanation latency vs plain inference
+      textcam build-engine resnet50.textcam --precision fp16   # TensorRT engine for this GPU
     """
 
 
@@ -54,3 +56,4 @@ main.add_command(info_command)
 main.add_command(bench_command)
 main.add_command(demo_command)
 main.add_command(semantics_command)
+main.add_command(build_engine_command)

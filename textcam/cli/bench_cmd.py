@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 import click
+
+from textcam.cli.backend_options import backend_option, backend_settings, precision_option
 
 
 def _batch_sizes(_ctx, _param, value: str) -> list[int]:
@@ -26,35 +26,36 @@ def _batch_sizes(_ctx, _param, value: str) -> list[int]:
               help="Timed repetitions per contender and batch size (interleaved).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench_command(bundle, batch_sizes, rounds, threads, as_json):
+@backend_option
+@precision_option
+def bench_command(bundle, batch_sizes, rounds, threads, as_json, backend, precision):
     """Time plain inference vs the joint graph vs the full Explainer call, interleaved.
 
     "plain" is the bundle's own graph pruned to the nodes that compute the logits: same weights,
     same backend, no gradient. "graph" is the joint graph call; "explain" adds the runtime's
     post-processing (softmax, heatmap mapping). Ratios are medians of the same rounds.
+
+    With --backend, all three run on that backend (for tensorrt, "plain" is an engine of the
+    pruned graph built first, with the explaining engine's precision and batch profile).
     """
     import numpy as np
-    import onnxruntime as ort
 
     from textcam.runtime import Explainer
-    from textcam.runtime.plain_graph import extract_logits_graph
+    from textcam.runtime.plain_baseline import plain_inference
     from textcam.runtime.timing import interleaved_medians
 
-    explainer = Explainer(bundle, intra_op_threads=threads, batch_size=max(batch_sizes))
+    explainer = Explainer(bundle, batch_size=max(batch_sizes), **backend_settings(backend, precision, threads))
     spec = explainer.bundle.input
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    with tempfile.TemporaryDirectory() as tmp:
-        plain_path = extract_logits_graph(explainer.bundle.model_path, Path(tmp) / "plain.onnx")
-        plain = ort.InferenceSession(str(plain_path), options, providers=["CPUExecutionProvider"])
+    if backend == "tensorrt":
+        click.echo("building the plain-inference engine (logits only) for the baseline", err=True)
+    plain_run, release = plain_inference(explainer, threads)
     rows = []
     for batch in batch_sizes:
         images = np.random.default_rng(batch).standard_normal((batch, 3, spec.height, spec.width)).astype(np.float32)
         classes = np.full(batch, -1, dtype=np.int64)
         stats = interleaved_medians(
             {
-                "plain": lambda images=images: plain.run(None, {"image": images}),
+                "plain": lambda images=images: plain_run(images),
                 "graph": lambda images=images, classes=classes: explainer.runner.run(images, classes),
                 "explain": lambda images=images: explainer.explain(images),
             },
@@ -67,11 +68,14 @@ def bench_command(bundle, batch_sizes, rounds, threads, as_json):
             "graph_over_plain": round(stats["graph"]["median_ms"] / base, 3),
             "explain_over_plain": round(stats["explain"]["median_ms"] / base, 3),
         })
+    release()
+    explainer.close()
     if as_json:
-        click.echo(json.dumps({"bundle": str(bundle), "rounds": rounds, "results": rows}, indent=2))
+        click.echo(json.dumps({"bundle": str(bundle), "backend": backend, "rounds": rounds, "results": rows},
+                              indent=2))
         return
     click.echo(f"{explainer.bundle.manifest['model'].get('source')} @ {explainer.bundle.layer} "
-               f"({explainer.bundle.method}), {rounds} interleaved rounds, medians")
+               f"({explainer.bundle.method}), backend {backend}, {rounds} interleaved rounds, medians")
     header = ("batch", "plain ms", "graph ms", "explain ms", "graph/plain", "explain/plain")
     click.echo(" ".join(f"{h:>{w}}" for h, w in zip(header, (5, 10, 10, 11, 12, 14), strict=True)))
     for r in rows:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from textcam.cli.backend_options import backend_option, backend_settings, precision_option
 from textcam.errors import TextcamError
 
 PROGRESS_THRESHOLD = 8  # more images than this get a progress bar
@@ -28,7 +29,10 @@ PROGRESS_THRESHOLD = 8  # more images than this get a progress bar
 @click.option("--groups", is_flag=True,
               help="Split each map by phrase and write one overlay per group into --out (needs semantics and a "
                    "bundle exported with --with-activations).")
-def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha, threads, groups):
+@backend_option
+@precision_option
+def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha, threads, groups, backend,
+                    precision):
     """Explain images with a bundle: predicted label, score and heatmap for each.
 
     With channel semantics in the bundle (`textcam semantics`), each line also names the top
@@ -42,6 +46,7 @@ def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha
       textcam explain resnet50.textcam cat.jpg dog.png
       textcam explain resnet50.textcam photos/ --out overlays/ --json > results.jsonl
       textcam explain resnet50.textcam cat.jpg --groups --out overlays/
+      textcam explain resnet50.textcam photos/ --backend tensorrt --precision fp16
     """
     from tqdm import tqdm
 
@@ -50,7 +55,7 @@ def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha
 
     if groups and not out:
         raise TextcamError("--groups writes one overlay per group: give --out DIR")
-    explainer = Explainer(bundle, batch_size=batch_size, intra_op_threads=threads)
+    explainer = Explainer(bundle, batch_size=batch_size, **backend_settings(backend, precision, threads))
     if class_index is not None:
         explainer._classes(class_index, 1)  # range check before any work
     if groups:

@@ -40,7 +40,21 @@ def info_command(bundle, as_json):
         f"cam abs err {check.get('cam_max_abs_err', float('nan')):.1e} (batches {check.get('batch_sizes')})",
         "tensorrt    " + ("compatible" if trt.get("compatible") else "no: " + "; ".join(trt.get("problems", []))),
         f"semantics   {manifest['semantics']['file'] if manifest.get('semantics') else 'none (heatmaps only)'}",
-        f"engines     {len(manifest.get('engines') or [])}",
+        f"engines     {_engines(manifest)}",
         f"producer    textcam {manifest['producer'].get('textcam')}, torch {manifest['producer'].get('torch')}",
     ]
     click.echo("\n".join(lines))
+
+
+def _engines(manifest: dict) -> str:
+    """'none', or one 'precision smXX TensorRT v batch a-b-c (file)' per engine."""
+    from textcam.errors import TextcamError
+    from textcam.runtime.engines import engine_entries
+
+    try:
+        entries = engine_entries(manifest)
+    except TextcamError as exc:
+        return f"unreadable ({exc})"
+    if not entries:
+        return "none (textcam build-engine adds TensorRT engines)"
+    return "; ".join(f"{e.describe()} ({e.file})" for e in entries)

@@ -1,0 +1,363 @@
+"""Engine bookkeeping without a GPU: batch profiles, file names, manifest entries, engine choice,
+rebuild hints, batch splitting and the parity table. None of this needs TensorRT."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from textcam.errors import TextcamError
+from textcam.export.engine_build import BuildSettings, profile_shapes, record_engine
+from textcam.export.engine_parity import ParityReport, compare_outputs
+from textcam.runtime.backends.tensorrt_runner import pad_batch, run_in_chunks
+from textcam.runtime.bundle_files import FORMAT_NAME, FORMAT_VERSION, read_manifest, sha256_file
+from textcam.runtime.engines import (
+    BatchProfile,
+    EngineEntry,
+    check_precision,
+    choose_engine,
+    engine_entries,
+    engine_file,
+    engine_file_name,
+    rebuild_command,
+    reduced_graph_name,
+    replace_entry,
+)
+
+MODEL_SHA = "ab" * 32
+
+
+def entry(precision="fp32", cc="9.0", trt="10.8.0.43", profile=(1, 8, 32), **extra) -> EngineEntry:
+    return EngineEntry(
+        file=f"engines/{engine_file_name(precision, cc, trt)}", precision=precision, tensorrt=trt,
+        compute_capability=cc, profile=BatchProfile(*profile), concurrency=2, model_sha256=MODEL_SHA, **extra,
+    )
+
+
+def manifest_with(*entries: EngineEntry) -> dict:
+    return {"model": {"sha256": MODEL_SHA}, "engines": [e.to_dict() for e in entries]}
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+# --- precision and profile -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["fp32", "fp16", "bf16"])
+def test_known_precisions_pass(value):
+    assert check_precision(value) == value
+
+
+def test_unknown_precision_is_one_line_listing_the_choices():
+    with pytest.raises(TextcamError) as exc:
+        check_precision("fp61")
+    message = one_line(exc)
+    assert "fp32, fp16, bf16" in message and "did you mean fp16" in message
+    with pytest.raises(TextcamError, match="int8"):
+        check_precision("int8")
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ((None, None, None), (1, 8, 32)),
+        ((None, None, 4), (1, 4, 4)),  # opt clamps to a small max
+        ((64, None, None), (64, 64, 64)),  # max and opt follow a large min
+        ((2, 16, None), (2, 16, 32)),
+        ((None, 48, None), (1, 48, 48)),
+        ((1, 1, 1), (1, 1, 1)),
+    ],
+)
+def test_profile_defaults_fill_only_what_is_missing(given, expected):
+    profile = BatchProfile.resolve(*given)
+    assert (profile.min, profile.opt, profile.max) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "fragment"),
+    [
+        ((8, 4, 16), "min <= opt <= max"),
+        ((1, 40, 32), "min <= opt <= max"),
+        ((8, None, 4), "min <= opt <= max"),
+        ((0, None, None), "--min-batch 0: expected a positive integer"),
+        ((None, -1, None), "--opt-batch -1"),
+        ((None, None, 2.5), "--max-batch 2.5"),
+        ((None, True, None), "--opt-batch True"),
+        ((1, 8, 100_000), "at most 4096"),
+    ],
+)
+def test_bad_profiles_are_one_line_errors(given, fragment):
+    with pytest.raises(TextcamError) as exc:
+        BatchProfile.resolve(*given)
+    assert fragment in one_line(exc)
+
+
+def test_chunks_split_above_max_and_pad_below_min():
+    profile = BatchProfile(1, 8, 32)
+    assert profile.chunks(70) == [(0, 32, 32), (32, 64, 32), (64, 70, 6)]
+    assert profile.chunks(32) == [(0, 32, 32)]
+    assert profile.chunks(0) == []
+    assert BatchProfile(4, 4, 8).chunks(3) == [(0, 3, 4)]
+    assert BatchProfile(4, 4, 8).chunks(9) == [(0, 8, 8), (8, 9, 4)]
+
+
+def test_profile_round_trips_through_the_manifest():
+    profile = BatchProfile(2, 8, 16)
+    assert BatchProfile.from_dict(json.loads(json.dumps(profile.to_dict()))) == profile
+    with pytest.raises(TextcamError, match="expected"):
+        BatchProfile.from_dict({"min": 1, "max": 4})
+
+
+# --- names, entries, choice -------------------------------------------------------------------------------------
+
+
+def test_engine_file_name_spells_the_key():
+    assert engine_file_name("fp16", "9.0", "10.8.0.43") == "fp16-sm90-trt10.8.0.43.plan"
+    assert engine_file_name("bf16", "12.0", "11.1.0") == "bf16-sm120-trt11.1.0.plan"
+    assert engine_file_name("fp32", "8.6", "10.3.0+cuda12 x") == "fp32-sm86-trt10.3.0_cuda12_x.plan"
+    with pytest.raises(TextcamError, match="compute capability"):
+        engine_file_name("fp32", "hopper", "10.8")
+    with pytest.raises(TextcamError, match="precision"):
+        engine_file_name("int8", "9.0", "10.8")
+
+
+def test_reduced_graph_names():
+    assert reduced_graph_name("fp16") == "model.fp16.onnx"
+    assert reduced_graph_name("bf16") == "model.bf16.onnx"
+    with pytest.raises(TextcamError, match=r"model\.onnx"):
+        reduced_graph_name("fp32")
+
+
+def test_entry_round_trips_and_rejects_incomplete_entries():
+    original = entry("fp16", parity={"passed": True}, gpu="NVIDIA H100", size_bytes=10)
+    data = json.loads(json.dumps(original.to_dict()))
+    assert EngineEntry.from_dict(data) == original
+    assert EngineEntry.from_dict({**data, "future_field": 1}) == original  # newer writers may add keys
+    del data["compute_capability"]
+    with pytest.raises(TextcamError, match="compute_capability"):
+        EngineEntry.from_dict(data)
+    with pytest.raises(TextcamError, match="not a list"):
+        engine_entries({"engines": {"a": 1}})
+
+
+def test_replace_entry_keeps_one_engine_per_key():
+    old, other = entry("fp16", profile=(1, 8, 32)), entry("fp32")
+    new = entry("fp16", profile=(1, 4, 8))
+    result = replace_entry([old, other], new)
+    assert result == [other, new]
+    assert replace_entry(result, entry("fp16", cc="8.6")) == [other, new, entry("fp16", cc="8.6")]
+
+
+def test_rebuild_command_is_exact_and_quoted(tmp_path):
+    path = tmp_path / "my models" / "r50.textcam"
+    command = rebuild_command(path, "fp16", BatchProfile(1, 4, 16), concurrency=4)
+    assert command == (f"textcam build-engine '{path}' --precision fp16 --min-batch 1 --opt-batch 4 "
+                       "--max-batch 16 --concurrency 4")
+    assert rebuild_command("b.textcam", "fp32") == \
+        "textcam build-engine b.textcam --precision fp32 --min-batch 1 --opt-batch 8 --max-batch 32"
+
+
+def test_choose_engine_picks_the_match_for_this_gpu():
+    here = ("9.0", "10.8.0.43")
+    manifest = manifest_with(entry("fp16"), entry("fp32", cc="8.6"), entry("fp32"), entry("bf16", trt="10.3.0"))
+    assert choose_engine("b.textcam", manifest, *here).precision == "fp32"  # fp32 first when unspecified
+    assert choose_engine("b.textcam", manifest, *here, precision="fp16") == entry("fp16")
+    assert choose_engine("b.textcam", manifest_with(entry("fp16")), *here).precision == "fp16"
+
+
+def test_no_engine_at_all_names_the_build_command():
+    with pytest.raises(TextcamError) as exc:
+        choose_engine("b.textcam", {"model": {}, "engines": []}, "9.0", "10.8.0.43")
+    assert "has no TensorRT engine" in one_line(exc)
+    assert "`textcam build-engine b.textcam --precision fp32 --min-batch 1 --opt-batch 8 --max-batch 32`" in \
+        str(exc.value)
+
+
+def test_engine_for_another_gpu_or_tensorrt_gives_the_rebuild_command():
+    manifest = manifest_with(entry("fp16", cc="8.6", trt="10.3.0", profile=(1, 4, 16)))
+    with pytest.raises(TextcamError) as exc:
+        choose_engine("b.textcam", manifest, "9.0", "10.8.0.43", precision="fp16")
+    message = one_line(exc)
+    assert "fp16, sm86, TensorRT 10.3.0, batch 1-4-16" in message  # what the bundle has
+    assert "this machine has sm90 with TensorRT 10.8.0.43" in message  # what is here
+    assert message.endswith("`textcam build-engine b.textcam --precision fp16 --min-batch 1 --opt-batch 4 "
+                            "--max-batch 16`")
+    with pytest.raises(TextcamError, match=r"TensorRT 10\.3\.0"):  # same GPU, other TensorRT version
+        choose_engine("b.textcam", manifest, "8.6", "10.8.0.43")
+
+
+def test_missing_precision_is_named():
+    with pytest.raises(TextcamError) as exc:
+        choose_engine("b.textcam", manifest_with(entry("fp32")), "9.0", "10.8.0.43", precision="bf16")
+    assert "no bf16 engine for this GPU" in one_line(exc)
+    assert "--precision bf16" in str(exc.value)
+
+
+def test_engines_of_a_replaced_model_are_not_used():
+    manifest = manifest_with(entry("fp32"))
+    manifest["model"]["sha256"] = "cd" * 32  # the bundle was re-exported since the build
+    with pytest.raises(TextcamError) as exc:
+        choose_engine("b.textcam", manifest, "9.0", "10.8.0.43")
+    assert "another model.onnx" in one_line(exc)
+
+
+def test_engine_file_checks_presence_size_and_checksum(tmp_path):
+    (tmp_path / "engines").mkdir()
+    plan = tmp_path / "engines" / engine_file_name("fp32", "9.0", "10.8.0.43")
+    described = entry("fp32")
+    with pytest.raises(TextcamError) as exc:
+        engine_file(tmp_path, described)
+    assert "engine file missing" in one_line(exc) and "textcam build-engine" in str(exc.value)
+    plan.write_bytes(b"serialized engine")
+    good = entry("fp32", sha256=sha256_file(plan), size_bytes=plan.stat().st_size)
+    assert engine_file(tmp_path, good) == plan
+    plan.write_bytes(b"serialized engine, then garbage")
+    with pytest.raises(TextcamError, match=r"corrupt .*bytes, the manifest says"):
+        engine_file(tmp_path, good)
+    plan.write_bytes(b"Serialized engine")  # same size, other bytes
+    with pytest.raises(TextcamError) as exc:
+        engine_file(tmp_path, good)
+    assert "corrupt (checksum differs" in one_line(exc) and "--precision fp32" in str(exc.value)
+    assert engine_file(tmp_path, good, verify_checksum=False) == plan
+
+
+# --- manifest updates, build settings ---------------------------------------------------------------------------
+
+
+def test_record_engine_replaces_the_same_key_and_keeps_the_rest(tmp_path):
+    manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model": {"sha256": MODEL_SHA},
+                "engines": [], "semantics": {"file": "semantics.safetensors"}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    record_engine(tmp_path, entry("fp16", profile=(1, 8, 32)))
+    record_engine(tmp_path, entry("fp32"))
+    record_engine(tmp_path, entry("fp16", profile=(2, 4, 8)))
+    written = read_manifest(tmp_path)
+    assert [(e["precision"], e["profile"]) for e in written["engines"]] == [
+        ("fp32", {"min": 1, "opt": 8, "max": 32}), ("fp16", {"min": 2, "opt": 4, "max": 8})]
+    assert written["semantics"] == {"file": "semantics.safetensors"}  # other sections untouched
+    assert not list(tmp_path.glob(".manifest.json.*"))  # atomic write left no temp file
+
+
+def test_profile_shapes_follow_the_dynamic_batch():
+    shapes = profile_shapes((-1, 3, 32, 48), BatchProfile(1, 8, 32), "image")
+    assert shapes == ((1, 3, 32, 48), (8, 3, 32, 48), (32, 3, 32, 48))
+    assert profile_shapes((-1,), BatchProfile(2, 4, 8), "target_class") == ((2,), (4,), (8,))
+    with pytest.raises(TextcamError, match="dynamic batch"):
+        profile_shapes((1, 3, 32, 32), BatchProfile(1, 8, 32), "image")
+    with pytest.raises(TextcamError, match="dynamic batch"):
+        profile_shapes((-1, 3, -1, 32), BatchProfile(1, 8, 32), "image")
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [({"concurrency": 0}, "--concurrency 0"), ({"concurrency": 17}, "--concurrency 17"),
+     ({"workspace_gb": 0}, "--workspace-gb 0"), ({"workspace_gb": -2.0}, "--workspace-gb -2.0"),
+     ({"precision": "fp8"}, "precision 'fp8'")],
+)
+def test_bad_build_settings(options, fragment, tmp_path):
+    settings = {"precision": "fp16", "profile": BatchProfile.resolve(), **options}
+    with pytest.raises(TextcamError) as exc:
+        BuildSettings(**settings)
+    assert fragment in one_line(exc)
+    with pytest.raises(TextcamError, match="is a directory"):
+        BuildSettings("fp32", BatchProfile.resolve(), timing_cache=tmp_path)
+
+
+# --- batch splitting (the runner's logic, with a plain function standing in for the engine) ------------------
+
+
+def test_pad_batch_repeats_the_last_row():
+    rows = np.arange(6, dtype=np.float32).reshape(3, 2)
+    padded = pad_batch(rows, 5)
+    assert padded.shape == (5, 2)
+    np.testing.assert_array_equal(padded[3:], [[4, 5], [4, 5]])
+    assert pad_batch(rows, 3) is rows
+
+
+def test_run_in_chunks_splits_pads_trims_and_keeps_order():
+    seen = []
+
+    def engine(feeds):
+        seen.append(len(feeds["image"]))
+        assert 4 <= len(feeds["image"]) <= 8, "the profile's limits must hold for every run"
+        return {"logits": feeds["image"][:, :1] * 2, "class_index": feeds["target_class"] + 100}
+
+    images = np.arange(21 * 3, dtype=np.float32).reshape(21, 3)
+    classes = np.arange(21, dtype=np.int64)
+    outputs = run_in_chunks({"image": images, "target_class": classes}, BatchProfile(4, 4, 8), engine)
+    assert seen == [8, 8, 5]
+    np.testing.assert_array_equal(outputs["logits"][:, 0], images[:, 0] * 2)
+    np.testing.assert_array_equal(outputs["class_index"], classes + 100)
+    small = run_in_chunks({"image": images[:2], "target_class": classes[:2]}, BatchProfile(4, 4, 8), engine)
+    assert seen[-1] == 4 and len(small["logits"]) == 2  # padded to the minimum, trimmed back
+    with pytest.raises(TextcamError, match="different batch sizes"):
+        run_in_chunks({"image": images, "target_class": classes[:3]}, BatchProfile(1, 8, 32), engine)
+    with pytest.raises(TextcamError, match="empty batch"):
+        run_in_chunks({"image": images[:0], "target_class": classes[:0]}, BatchProfile(1, 8, 32), engine)
+
+
+# --- parity report ------------------------------------------------------------------------------------------------
+
+
+def outputs(seed: int, batch: int = 4) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "logits": rng.standard_normal((batch, 5)).astype(np.float32) * 3,
+        "class_index": rng.integers(0, 5, batch),
+        "cam": rng.uniform(0, 1, (batch, 16, 16)).astype(np.float32),
+        "channel_weights": rng.standard_normal((batch, 8)).astype(np.float32) * 1e-7,  # deep gradients are tiny
+        "channel_activation": rng.uniform(0, 2, (batch, 8)).astype(np.float32),
+    }
+
+
+def test_identical_outputs_pass_every_check():
+    reference = outputs(0)
+    rows = compare_outputs(reference, {k: v.copy() for k, v in reference.items()}, "fp32")
+    report = ParityReport("fp32", (1, 3), 7, rows)
+    assert report.passed and report.summary().startswith("parity fp32: all")
+    assert json.loads(json.dumps(report.to_dict()))["passed"] is True
+
+
+def test_parity_limits_depend_on_precision_and_are_relative_for_gradients():
+    reference = outputs(0)
+    candidate = {k: v.copy() for k, v in reference.items()}
+    candidate["cam"] = candidate["cam"] + 0.01  # within fp16's 2e-2, beyond fp32's 1e-3
+    candidate["channel_weights"] = candidate["channel_weights"] * 1.005  # 0.5% relative on 1e-7 values
+    fp16 = ParityReport("fp16", (4,), 1, compare_outputs(reference, candidate, "fp16"))
+    fp32 = ParityReport("fp32", (4,), 1, compare_outputs(reference, candidate, "fp32"))
+    assert fp16.passed
+    assert not fp32.passed
+    failed = {row.check for row in fp32.failures()}
+    assert failed == {"cam max abs err (given classes)", "channel_weights max rel err"}
+    assert "cam max abs err (given classes) 1.0e-02 > 1.0e-03" in fp32.summary()
+
+
+def test_class_mismatch_for_given_classes_fails_but_noise_agreement_is_only_reported():
+    reference = outputs(1)
+    candidate = {k: v.copy() for k, v in reference.items()}
+    predicted_ref, predicted_cand = np.array([0, 1, 2, 3]), np.array([0, 1, 2, 4])
+    rows = compare_outputs(reference, candidate, "fp16", predicted_ref, predicted_cand)
+    report = ParityReport("fp16", (4,), 1, rows)
+    assert report.passed  # 75% agreement on noise inputs is information, not a failure
+    table = report.table()
+    assert "predicted class agreement (noise)" in table and "75.0%" in table and "info" in table
+    assert len(table.splitlines()) == 2 + len(rows)  # title, header, one line per check
+    candidate["class_index"] = candidate["class_index"] + 1
+    broken = ParityReport("fp16", (4,), 1, compare_outputs(reference, candidate, "fp16"))
+    assert not broken.passed and "class_index equal" in broken.summary()
+
+
+def test_wrong_shapes_fail_and_missing_outputs_are_named():
+    reference = outputs(2)
+    candidate = {k: v.copy() for k, v in reference.items()}
+    candidate["cam"] = candidate["cam"][:, :8]
+    assert not ParityReport("fp32", (4,), 1, compare_outputs(reference, candidate, "fp32")).passed
+    del candidate["cam"]
+    with pytest.raises(TextcamError, match="lack cam"):
+        compare_outputs(reference, candidate, "fp32")

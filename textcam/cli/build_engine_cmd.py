@@ -1,0 +1,61 @@
+"""``textcam build-engine``: a TensorRT engine for this GPU, checked against ONNX Runtime, added to the bundle."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("build-engine")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--precision", default="fp32", show_default=True, metavar="fp32|fp16|bf16",
+              help="fp16/bf16 reduce the forward pass only; gradients and the map stay fp32.")
+@click.option("--min-batch", type=int, default=None, metavar="N", help="Smallest batch the engine takes [1].")
+@click.option("--opt-batch", type=int, default=None, metavar="N", help="Batch the engine is tuned for [8].")
+@click.option("--max-batch", type=int, default=None, metavar="N",
+              help="Largest batch per engine call [32]; the runtime splits larger ones.")
+@click.option("--concurrency", type=int, default=2, show_default=True, metavar="N",
+              help="Execution contexts that may run at once (one optimization profile each).")
+@click.option("--workspace-gb", type=float, default=None, metavar="GB",
+              help="Limit TensorRT's build workspace (default: TensorRT's own, the device memory).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Read and update a timing cache file (faster rebuilds on the same GPU and TensorRT).")
+@click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index.")
+@click.option("--json", "as_json", is_flag=True, help="Print the engine's manifest entry as JSON.")
+def build_engine_command(bundle, precision, min_batch, opt_batch, max_batch, concurrency, workspace_gb, timing_cache,
+                         device, as_json):
+    """Build a TensorRT engine for this GPU from the bundle's graph and record it in the bundle.
+
+    The engine is checked against ONNX Runtime (CPU) on fresh random inputs right after the
+    build; only an engine that passes is saved, as engines/<precision>-sm<arch>-trt<version>.plan,
+    and listed in the manifest with this GPU's compute capability, the TensorRT version, the
+    precision and the batch profile. Needs the [tensorrt] extra and an NVIDIA GPU.
+
+    \b
+    Examples:
+      textcam build-engine resnet50.textcam
+      textcam build-engine resnet50.textcam --precision fp16 --max-batch 64 --timing-cache trt.cache
+    """
+    import json
+
+    from textcam.runtime.engines import BatchProfile, check_precision
+
+    check_precision(precision)
+    BatchProfile.resolve(min_batch, opt_batch, max_batch)  # bad profiles fail before TensorRT loads
+    from textcam.export.engine_build import ParityFailure, build_engine
+
+    try:
+        result = build_engine(bundle, precision, min_batch, opt_batch, max_batch, workspace_gb, timing_cache,
+                              concurrency, device, progress=lambda message: click.echo(message, err=True))
+    except ParityFailure as failure:
+        click.echo(failure.report.table(), err=True)
+        raise
+    if as_json:
+        click.echo(json.dumps(result.entry.to_dict(), indent=2))
+        return
+    click.echo(result.parity.table())
+    if result.precision_report:
+        click.echo(f"graph   {result.precision_report.describe()}")
+    entry = result.entry
+    click.echo(f"wrote {result.path} ({entry.size_bytes / 1e6:.1f} MB) in {result.build_s:.1f}s: {entry.describe()}, "
+               f"{entry.concurrency} context(s)")
+
