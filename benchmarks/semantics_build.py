@@ -31,15 +31,13 @@ def build_once(size: int, work: Path, m: int) -> dict:
     import torch
     import torchvision
 
-    from textcam.cli.demo_cmd import demo_images
     from textcam.export import export_bundle
     from textcam.semantics_store import build_semantics, load_clip
+    from textcam.shapes_world import ShapesWorld
 
     probe = work / f"probe{size}"
-    probe.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    for index, (name, image) in enumerate(demo_images(size, size=100, seed=size)):
-        image.save(probe / f"{index:06d}_{name}.png")
+    ShapesWorld(100, seed=size).write_pngs(probe, size)
     generate_s = time.perf_counter() - start
     torch.manual_seed(0)
     bundle = export_bundle(torchvision.models.resnet18(num_classes=5), "layer4", work / f"b{size}.textcam",

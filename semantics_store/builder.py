@@ -61,7 +61,7 @@ def build_semantics(
     probe: str | Path,
     clip: ClipEncoder,
     vocab: Sequence[str] = ("builtin:attributes",),
-    templates: str | None = None,
+    templates: str | Path | Sequence[str] | None = None,
     m: int = DEFAULT_M,
     lda: str = "shrinkage",
     cache: str | Path | None = None,
@@ -69,8 +69,13 @@ def build_semantics(
     fuse: bool = True,
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
+    probe_description: str | None = None,
 ) -> BuildReport:
-    """Compute channel semantics for a bundle and write them into it. See the module docstring."""
+    """Compute channel semantics for a bundle and write them into it. See the module docstring.
+
+    ``probe_description`` is recorded in the store instead of the probe's path (for a temporary
+    or generated probe set, say what it was).
+    """
     log = log or (lambda message: print(message, file=sys.stderr))
     if lda not in LDA_MODES:
         raise TextcamError(f"--lda {lda!r}: choose one of {', '.join(LDA_MODES)}")
@@ -132,7 +137,7 @@ def build_semantics(
     metadata = {
         "templates": prompt_templates,
         "lda": {"mode": lda, "M": m, "tie_break_seed": 0},
-        "probe": {"source": str(probe), "images": len(kept), "skipped": len(failed)},
+        "probe": {"source": probe_description or str(probe), "images": len(kept), "skipped": len(failed)},
         "vocabulary_sources": ",".join(vocabulary.sources),
     }
     store = SemanticsStore(directions, text, tuple(vocabulary.phrases), model_sha, clip.model_id, metadata)

@@ -20,7 +20,7 @@ import numpy as np
 from textcam.errors import TextcamError, did_you_mean, first_line
 
 
-def _register_configs() -> None:
+def register_configs() -> None:
     import open_clip
 
     folder = resources.files("textcam.semantics_store").joinpath("clip_configs")
@@ -65,6 +65,41 @@ class ClipEncoder:
         return _normalize(per_prompt.mean(axis=1))
 
 
+SPARSE_ROWS_SUFFIX = ".rows"
+"""A compact (``.safetensors``) checkpoint may store a large embedding table as only the rows a
+model uses: ``NAME.rows`` (int64 row ids) next to ``NAME`` (those rows); other rows load as zero.
+A tiny CLIP trained on a closed world uses a few hundred of its tokenizer's 49,408 tokens."""
+
+
+def read_checkpoint(path: Path, reference: dict) -> dict:
+    """A state dict from a PyTorch file or a (compact) safetensors file, shaped like ``reference``."""
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TextcamError(f"--clip-checkpoint {path}: not a PyTorch or safetensors checkpoint ({first_line(exc)})") \
+            from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise TextcamError(f"--clip-checkpoint {path}: expected a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    for key in [k for k in state if k.endswith(SPARSE_ROWS_SUFFIX)]:
+        name = key.removesuffix(SPARSE_ROWS_SUFFIX)
+        rows, values = state.pop(key), state.get(name)
+        if name not in reference or values is None or values.shape[0] != rows.shape[0]:
+            raise TextcamError(f"--clip-checkpoint {path}: sparse rows of {name!r} do not fit the model")
+        full = torch.zeros(reference[name].shape, dtype=values.dtype)
+        full[rows.long()] = values
+        state[name] = full
+    return state
+
+
 def _normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
@@ -85,10 +120,10 @@ def load_clip(spec: str | None = None, checkpoint: str | None = None, model_name
     """Build the CLIP encoder from ``--clip`` or from ``--clip-checkpoint`` + ``--clip-model``."""
     try:
         import open_clip
-        import torch
+        import torch  # noqa: F401  (checked here so a missing torch gets the same one-line hint)
     except ImportError:
         raise TextcamError("textcam semantics needs the semantics extra: pip install 'textcam[semantics]'") from None
-    _register_configs()
+    register_configs()
     if (spec is None) == (checkpoint is None):
         raise TextcamError("pass either --clip MODEL[:PRETRAINED] or --clip-checkpoint PATH with --clip-model MODEL")
     name, _, pretrained = (spec or model_name or "").partition(":")
@@ -113,14 +148,7 @@ def load_clip(spec: str | None = None, checkpoint: str | None = None, model_name
         path = Path(checkpoint)
         if not path.is_file():
             raise TextcamError(f"--clip-checkpoint {path}: file not found")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise TextcamError(f"--clip-checkpoint {path}: not a PyTorch checkpoint ({first_line(exc)})") from None
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        if not isinstance(state, dict):
-            raise TextcamError(f"--clip-checkpoint {path}: expected a state dict")
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+        state = read_checkpoint(path, model.state_dict())
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:

@@ -12,8 +12,9 @@ averaged with equal priors. That covariance is a diagonal plus a rank-2M term, s
 with the Woodbury identity: a [2M, 2M] solve per channel instead of a [D, D] one.
 
 Modes: ``shrinkage`` (the above), ``pooled`` (one Ledoit-Wolf covariance of all scanned
-embeddings whitens every channel: one solve for all channels, the fast option) and ``meandiff``
-(mu+ - mu-, no whitening: a baseline for the quality benchmark).
+embeddings whitens every channel: one solve for all channels, the fast option), and two baselines
+for the quality benchmark: ``meandiff`` (mu+ - mu-, no whitening) and ``topmean`` (mu+ alone, the
+mean embedding of the top-activating images, as CLIP-Dissect-style labelling does).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from textcam.errors import TextcamError
 
-LDA_MODES = ("shrinkage", "pooled", "meandiff")
+LDA_MODES = ("shrinkage", "pooled", "meandiff", "topmean")
 _TINY = 1e-12
 
 
@@ -130,6 +131,9 @@ def channel_directions(
         negatives = embeddings[negative_ids[start:stop]]
         if mode == "shrinkage":
             result[start:stop] = shrinkage_directions(positives, negatives)
+        elif mode == "topmean":
+            top = positives.mean(axis=1)
+            result[start:stop] = top / np.maximum(np.linalg.norm(top, axis=1, keepdims=True), _TINY)
         else:
             difference = positives.mean(axis=1) - negatives.mean(axis=1)
             direction = np.linalg.solve(covariance, difference.T).T if mode == "pooled" else difference

@@ -1,7 +1,9 @@
 """Vocabularies: built-in visual attributes, the model's own class names, or user files.
 
-A source is ``builtin:attributes``, ``builtin:classes`` or a path to a UTF-8 file with one phrase
-per line. Blank lines, ``#`` comments and duplicates are dropped (and counted), order is kept.
+A source is ``builtin:attributes`` (general visual attributes), ``builtin:shapes-world`` (the
+synthetic world's attributes and distractors, for the default bundle), ``builtin:classes`` or a
+path to a UTF-8 file with one phrase per line. Blank lines, ``#`` comments and duplicates are
+dropped (and counted), order is kept.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 
 from textcam.errors import TextcamError
 
-BUILTINS = ("builtin:attributes", "builtin:classes")
+BUILTIN_FILES = {"builtin:attributes": "attributes.txt", "builtin:shapes-world": "shapes_world.txt"}
+BUILTINS = (*BUILTIN_FILES, "builtin:classes")
 DEFAULT_TEMPLATES = ("a photo of {}.", "a photo of something {}.", "an image showing {}.", "{}")
 
 
@@ -36,8 +39,10 @@ def _read_lines(path: Path, what: str) -> list[str]:
         raise TextcamError(f"{what} {path}: cannot read it ({exc.strerror})") from None
 
 
-def builtin_attributes() -> list[str]:
-    text = resources.files("textcam.semantics_store").joinpath("vocabularies/attributes.txt").read_text("utf-8")
+def builtin_phrases(source: str = "builtin:attributes") -> list[str]:
+    """The phrases of a built-in vocabulary file (``builtin:attributes`` or ``builtin:shapes-world``)."""
+    folder = resources.files("textcam.semantics_store").joinpath("vocabularies")
+    text = folder.joinpath(BUILTIN_FILES[source]).read_text("utf-8")
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
@@ -47,8 +52,8 @@ def load_vocabulary(sources: Sequence[str], class_names: Sequence[str]) -> Vocab
     seen: set[str] = set()
     duplicates = blanks = 0
     for source in sources:
-        if source == "builtin:attributes":
-            lines = builtin_attributes()
+        if source in BUILTIN_FILES:
+            lines = builtin_phrases(source)
         elif source == "builtin:classes":
             lines = [c.replace("_", " ") for c in class_names]
         elif source.startswith("builtin:"):
@@ -75,14 +80,20 @@ def load_vocabulary(sources: Sequence[str], class_names: Sequence[str]) -> Vocab
     return Vocabulary(phrases, list(sources), duplicates, blanks)
 
 
-def load_templates(path: str | None) -> list[str]:
-    if path is None:
+def load_templates(source: str | Path | Sequence[str] | None) -> list[str]:
+    """Prompt templates: the defaults (None), a file with one per line, or a list of strings."""
+    if source is None:
         return list(DEFAULT_TEMPLATES)
-    templates = [line.strip() for line in _read_lines(Path(path), "--templates") if line.strip()]
+    if isinstance(source, (str, Path)):
+        where = f"--templates {source}"
+        templates = [line.strip() for line in _read_lines(Path(source), "--templates") if line.strip()]
+    else:
+        where = "templates"
+        templates = [str(t).strip() for t in source if str(t).strip()]
     bad = [t for t in templates if t.count("{}") != 1]
     if not templates or bad:
         raise TextcamError(
-            f"--templates {path}: every line needs exactly one '{{}}' where the phrase goes"
-            + (f" (e.g. {bad[0]!r} does not)" if bad else "; the file is empty")
+            f"{where}: every template needs exactly one '{{}}' where the phrase goes"
+            + (f" (e.g. {bad[0]!r} does not)" if bad else "; none given")
         )
     return templates

@@ -29,12 +29,41 @@ def attribute_of(scene: Scene, family: str) -> str:
     return scene.background if family == "background" else getattr(scene.largest, family)
 
 
-def training_caption(scene: Scene, rng: np.random.Generator) -> str:
+PROMPT_TEMPLATES = ("a photo of {}.", "an image showing {}.", "{}")
+"""Wrappers seen in training, so prompts such as textcam's default templates are not unknown text."""
+
+
+FAMILY_WEIGHTS = (0.4, 0.15, 0.15, 0.15, 0.15)
+"""How often each family (in FAMILIES order) is the one a short caption names: shape most often,
+since colours and backgrounds are learned from any caption and shapes are learned last."""
+
+Facts = tuple[tuple[str, str], ...]
+"""(family, value) pairs a caption asserts about the largest object or the background."""
+
+
+def training_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, Facts | None]:
+    """A caption for ``scene`` and the facts it asserts (None: a whole-scene caption).
+
+    Most captions name one or two attribute families of the largest object (or the background):
+    a whole-scene caption can be matched by colours alone, so without these the shapes, sizes and
+    textures would never need to be learned.
+    """
     choice = rng.random()
-    if choice < 0.35:
-        return scene.caption()
-    if choice < 0.55:
-        return f"a {scene.largest.phrase()}"
-    families = list(FAMILIES)
-    picked = rng.choice(families, size=int(rng.integers(1, 3)), replace=False)
-    return " and ".join(f"a {phrase(f, attribute_of(scene, f))}" for f in picked)
+    if choice < 0.15:
+        caption, facts = scene.caption(), None
+    elif choice < 0.3:
+        caption = f"a {scene.largest.phrase()}"
+        facts = tuple((f, attribute_of(scene, f)) for f in FAMILIES if f != "background")
+    else:
+        families = list(FAMILIES)
+        picked = rng.choice(families, size=1 if choice < 0.8 else 2, replace=False, p=FAMILY_WEIGHTS)
+        facts = tuple((str(f), attribute_of(scene, str(f))) for f in picked)
+        caption = " and ".join(f"a {phrase(f, v)}" for f, v in facts)
+    return PROMPT_TEMPLATES[int(rng.integers(len(PROMPT_TEMPLATES)))].format(caption), facts
+
+
+def caption_holds(scene: Scene, caption: str, facts: Facts | None) -> bool:
+    """Whether a caption made for another scene is also true of ``scene`` (then it is no negative)."""
+    if facts is None:
+        return scene.caption() in caption
+    return all(attribute_of(scene, family) == value for family, value in facts)

@@ -5,7 +5,7 @@
   perfectly (background k for class k); held-out scenes decorrelate the two, exposing a model
   that learned the background.
 
-    python -m textcam.shapes_world.classifiers --task shape --out shape_cnn.pt
+    python -m textcam.shapes_world.classifiers --task shape --out shape_cnn.safetensors
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from textcam.shapes_world import splits
 from textcam.shapes_world.generator import BACKGROUNDS, SHAPES, ShapesWorld
 
 TASKS = ("shape", "spurious")
@@ -76,7 +77,7 @@ def train(task: str, steps: int = 600, batch_size: int = 64, seed: int = 0, log=
         raise ValueError(f"task must be one of {TASKS}")
     torch.manual_seed(seed)
     model = build_cnn()
-    world = ShapesWorld(64, seed=seed + (0 if task == "shape" else 100))
+    world = ShapesWorld(64, seed=seed + splits.CLASSIFIER_TRAIN[task])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
     start = time.perf_counter()
@@ -94,7 +95,7 @@ def train(task: str, steps: int = 600, batch_size: int = 64, seed: int = 0, log=
     return model.eval()
 
 
-def accuracy(model, task: str, train_distribution: bool, count: int = 1000, seed: int = 50_000) -> float:
+def accuracy(model, task: str, train_distribution: bool, count: int = 1000, seed: int = splits.TEST) -> float:
     import torch
 
     world = ShapesWorld(64, seed=seed)
@@ -104,18 +105,31 @@ def accuracy(model, task: str, train_distribution: bool, count: int = 1000, seed
     return float((predicted == labels).mean())
 
 
+def save_weights(model, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
+def load_classifier(path: Path):
+    """A :func:`build_cnn` with the weights of ``path`` (written by :func:`save_weights`), in eval mode."""
+    from safetensors.torch import load_file
+
+    model = build_cnn()
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=TASKS, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="weights file (.safetensors)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    import torch
-
     model = train(args.task, args.steps, seed=args.seed, log=lambda m: print(m, file=sys.stderr))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), args.out)
+    save_weights(model, args.out)
     report = {"task": args.task, "accuracy_train_distribution": accuracy(model, args.task, True),
               "accuracy_held_out": accuracy(model, args.task, False)}
     print(json.dumps(report))

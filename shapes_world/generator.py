@@ -94,6 +94,11 @@ def texture_mask(texture: str, x: np.ndarray, y: np.ndarray, side: int) -> np.nd
     raise ValueError(f"unknown texture {texture!r}")
 
 
+def _pinned(fixed: dict, name: str, drawn):
+    value = fixed.get(name)
+    return drawn if value is None else value
+
+
 class ShapesWorld:
     """Seeded scene sampler. ``scene(i)`` is a pure function of (seed, i, overrides)."""
 
@@ -109,22 +114,25 @@ class ShapesWorld:
         (largest-drawn) object shape=, color=, size=, texture=; ``objects=`` pins the count."""
         rng = np.random.default_rng((self.seed, index))
         side = self.size
-        background = fixed.get("background") or str(rng.choice(list(BACKGROUNDS)))
+        # every random draw happens whatever is pinned, so pinning one attribute changes only that
+        # attribute: scene(i, shape="star") and scene(i, shape="cross") differ in the shape alone
+        background = _pinned(fixed, "background", str(rng.choice(list(BACKGROUNDS))))
         noise = float(rng.uniform(0.0, 18.0))
         canvas = np.empty((side, side, 3), dtype=np.float32)
         canvas[:] = BACKGROUNDS[background]
         canvas += rng.normal(0.0, noise, canvas.shape).astype(np.float32)
-        count = int(fixed.get("objects") or rng.integers(1, self.max_objects + 1))
+        count = int(_pinned(fixed, "objects", rng.integers(1, self.max_objects + 1)))
         owner = np.full((side, side), -1, dtype=np.int16)
         specs = []
         for k in range(count):
-            first = k == 0
-            size = (fixed.get("size") if first else None) or ("large" if first else str(rng.choice(SIZES)))
+            pins = fixed if k == 0 else {}
+            size = str(rng.choice(SIZES))
+            size = _pinned(pins, "size", "large") if k == 0 else size
             radius = _SIZE_RADIUS[size] * side * float(rng.uniform(0.9, 1.1))
             specs.append({
-                "shape": (fixed.get("shape") if first else None) or str(rng.choice(SHAPES)),
-                "color": (fixed.get("color") if first else None) or str(rng.choice(list(COLORS))),
-                "texture": (fixed.get("texture") if first else None) or str(rng.choice(TEXTURES)),
+                "shape": _pinned(pins, "shape", str(rng.choice(SHAPES))),
+                "color": _pinned(pins, "color", str(rng.choice(list(COLORS)))),
+                "texture": _pinned(pins, "texture", str(rng.choice(TEXTURES))),
                 "size": size,
                 "radius": radius,
             })
@@ -154,3 +162,18 @@ class ShapesWorld:
         )
         image = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
         return Scene(image, objects, background, noise)
+
+    def write_pngs(self, folder, count: int, start: int = 0) -> list:
+        """Scenes ``start`` .. ``start + count - 1`` as PNG files in ``folder`` (a probe set on disk)."""
+        from pathlib import Path
+
+        from PIL import Image
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for index in range(start, start + count):
+            path = folder / f"{index:06d}.png"
+            Image.fromarray(self.scene(index).image).save(path)
+            paths.append(path)
+        return paths

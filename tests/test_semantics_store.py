@@ -19,14 +19,11 @@ from textcam.runtime.semantics_file import STORE_FILE, read_store
 from textcam.semantics_store import build_semantics, load_clip
 from textcam.semantics_store.probe_set import extreme_images
 from textcam.semantics_store.vocabulary import load_templates, load_vocabulary
+from textcam.shapes_world import ShapesWorld
 
 
 def make_probe(folder: Path, count: int, seed: int = 0) -> Path:
-    from textcam.cli.demo_cmd import demo_images
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for index, (name, image) in enumerate(demo_images(count, size=100, seed=seed)):
-        image.save(folder / f"{index:03d}_{name}.png")
+    ShapesWorld(100, seed=seed).write_pngs(folder, count)
     return folder
 
 

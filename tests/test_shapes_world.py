@@ -37,3 +37,41 @@ def test_the_largest_object_is_the_first_and_captions_name_everything():
         for obj in scene.objects:
             assert obj.shape in scene.caption() and obj.color in scene.caption()
         assert scene.background in scene.caption()
+
+
+def test_write_pngs_round_trips_the_scenes(tmp_path):
+    from PIL import Image
+
+    world = ShapesWorld(48, seed=9)
+    paths = world.write_pngs(tmp_path / "probe", 3, start=5)
+    assert [p.name for p in paths] == ["000005.png", "000006.png", "000007.png"]
+    assert np.array_equal(np.asarray(Image.open(paths[1])), world.scene(6).image)
+
+
+def test_the_shapes_world_vocabulary_names_every_attribute_and_has_distractors():
+    from textcam.semantics_store.vocabulary import builtin_phrases
+    from textcam.shapes_world.captions import FAMILIES, phrase
+
+    vocabulary = builtin_phrases("builtin:shapes-world")
+    world = {phrase(family, value) for family, (values, _) in FAMILIES.items() for value in values}
+    assert world <= set(vocabulary)
+    assert len(set(vocabulary) - world) >= 20
+    assert len(vocabulary) == len(set(vocabulary))
+
+
+def test_splits_never_share_a_seed():
+    from textcam.shapes_world import splits
+
+    seeds = [splits.CLIP_TRAIN, *splits.CLASSIFIER_TRAIN.values(), splits.CLIP_EVAL, splits.PROBE, splits.TEST,
+             splits.DEMO]
+    assert len(seeds) == len(set(seeds))
+
+
+def test_pinning_one_attribute_changes_only_that_attribute():
+    world = ShapesWorld(64, seed=2)
+    for index in range(20):
+        star, cross = world.scene(index, shape="star"), world.scene(index, shape="cross")
+        assert star.caption().replace("star", "X", 1) == cross.caption().replace("cross", "X", 1)
+        assert star.background == cross.background and star.noise == cross.noise
+        differs = (star.image != cross.image).any(axis=2)
+        assert 0 < differs.mean() < 0.2  # only pixels of the first object's outline change

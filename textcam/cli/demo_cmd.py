@@ -1,8 +1,10 @@
-"""``textcam demo``: the whole flow on a built-in default, offline, in under a minute.
+"""``textcam demo``: the main job on the built-in default, offline, without torch, in seconds.
 
-Provisional default until the shapes-world bundle ships: a randomly initialized torchvision
-ResNet-18 is exported (so this needs the ``[export]`` extra), then a few generated images are
-explained with the torch-free runtime and their overlays written.
+The default bundle (``textcam.shapes_world.artifacts``) is a small CNN trained to name the shape
+of the largest object in a synthetic scene, with channel semantics from a tiny CLIP trained on the
+same world; both were built by ``python -m textcam.shapes_world.build`` and ship with the package.
+The demo draws fresh held-out scenes, explains each (label, score, heatmap, phrases, channel
+groups), writes overlays and one self-contained HTML report, and says where.
 """
 
 from __future__ import annotations
@@ -10,83 +12,66 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from textcam.errors import TextcamError
 
-DEMO_CLASSES = ["circle", "square", "triangle", "bar", "ring"]
-
-
-def demo_images(count: int, size: int = 160, seed: int = 0) -> list[tuple[str, Image.Image]]:
-    """Simple generated scenes: one coloured shape on a noisy background."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for index in range(count):
-        background = rng.integers(30, 120, (size, size, 3), dtype=np.uint8)
-        image = Image.fromarray(background)
-        draw = ImageDraw.Draw(image)
-        color = tuple(int(c) for c in rng.integers(120, 256, 3))
-        x, y = (int(v) for v in rng.integers(20, size - 70, 2))
-        side = int(rng.integers(35, 60))
-        shape = DEMO_CLASSES[index % len(DEMO_CLASSES)]
-        if shape == "circle":
-            draw.ellipse((x, y, x + side, y + side), fill=color)
-        elif shape == "square":
-            draw.rectangle((x, y, x + side, y + side), fill=color)
-        elif shape == "triangle":
-            draw.polygon([(x, y + side), (x + side, y + side), (x + side // 2, y)], fill=color)
-        elif shape == "bar":
-            draw.rectangle((x, y + side // 3, x + side, y + 2 * side // 3), fill=color)
-        else:
-            draw.ellipse((x, y, x + side, y + side), outline=color, width=8)
-        images.append((f"{index:02d}_{shape}", image))
-    return images
-
-
-def _demo_bundle(out: Path) -> Path:
-    bundle = out / "resnet18-demo.textcam"
-    if (bundle / "manifest.json").is_file():
-        return bundle
-    try:
-        import torch
-        import torchvision
-
-        from textcam.export import export_bundle
-    except ImportError:
-        raise TextcamError("the provisional demo exports a model and needs: pip install 'textcam[export]'") from None
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=len(DEMO_CLASSES))
-    click.echo("exporting a demo model (random-weight ResNet-18, layer4, Grad-CAM)...", err=True)
-    return export_bundle(model, "layer4", bundle, input_size=(128, 128), class_names=DEMO_CLASSES,
-                         progress=lambda m: click.echo(f"  {m}", err=True))
+DISPLAY_SCALE = 4
+"""Scenes are drawn at the model's 64x64 and saved 4x larger (nearest neighbour) for viewing."""
 
 
 @click.command("demo")
 @click.option("--out", type=click.Path(file_okay=False), default="textcam-demo", show_default=True,
-              help="Directory for the demo bundle, images and overlays.")
-@click.option("--count", type=click.IntRange(1, 50), default=5, show_default=True, help="Images to explain.")
-def demo_command(out, count):
-    """Run the main job on the built-in default: export, then explain generated images.
+              help="Directory for the images, overlays and report.html.")
+@click.option("--count", type=click.IntRange(1, 200), default=6, show_default=True, help="Scenes to explain.")
+@click.option("--seed", type=int, default=None, help="Draw a different set of scenes (default: the demo split).")
+@click.option("--bundle", type=click.Path(file_okay=False), default=None,
+              help="Explain with this bundle instead of the built-in default (64x64 shape classifier).")
+def demo_command(out, count, seed, bundle):
+    """Explain generated scenes with the built-in default bundle: where the model looked and what it saw.
 
-    No downloads and no GPU. The model's weights are random until the trained default ships,
-    so its labels are arbitrary; the heatmaps, scores and files are real outputs of the pipeline.
+    \b
+    No downloads, no GPU, no torch. Prints one line per scene:
+      IMAGE  LABEL  SCORE  TOP PHRASES (semicolon-separated)
+    and writes OUT/overlays/*.cam.png, OUT/groups/*.png and OUT/report.html.
+
+    \b
+    Examples:
+      textcam demo
+      textcam demo --count 20 --seed 7 --out /tmp/demo
     """
     from textcam.runtime import Explainer
+    from textcam.runtime.html_report import ReportItem, write_html_report
+    from textcam.shapes_world import ShapesWorld, artifacts, splits
 
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
-        raise TextcamError(f"--out {out_dir}: exists and is not a directory")
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    (out_dir / "overlays").mkdir(exist_ok=True)
-    bundle = _demo_bundle(out_dir)
-    explainer = Explainer(bundle)
-    for name, image in demo_images(count):
+        raise TextcamError(f"--out {out_dir}: exists and is not a directory; choose another path")
+    bundle_path = Path(bundle) if bundle else artifacts.require(artifacts.DEFAULT_BUNDLE)
+    explainer = Explainer(bundle_path)
+    groups = explainer.semantics is not None and explainer.bundle.manifest["graph"].get("has_activations", False)
+    spec = explainer.bundle.input
+    world = ShapesWorld(min(spec.height, spec.width), seed=splits.DEMO if seed is None else seed)
+    for folder in ("images", "overlays", "groups"):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    items = []
+    for index in range(count):
+        scene = world.scene(index)
+        name = f"{index:03d}_{scene.largest.shape}"
+        image = Image.fromarray(scene.image)
+        image = image.resize((image.width * DISPLAY_SCALE, image.height * DISPLAY_SCALE), Image.Resampling.NEAREST)
         path = out_dir / "images" / f"{name}.png"
         image.save(path)
-        result = explainer.explain(path)
-        overlay_path = out_dir / "overlays" / f"{name}.cam.png"
-        result.overlay(image).save(overlay_path)
-        x, y = result.peak()
-        click.echo(f"{path}\t{result.label}\t{result.score:.3f}\tpeak at ({x}, {y})")
-    click.echo(f"bundle: {bundle}\noverlays: {out_dir / 'overlays'}", err=True)
+        result = explainer.explain(path, groups=groups)
+        result.overlay(image).save(out_dir / "overlays" / f"{name}.cam.png")
+        for rank, group in enumerate(result.groups):
+            group.overlay(image).save(out_dir / "groups" / f"{name}.{rank}.png")
+        phrases = "; ".join(c.phrase for c in result.concepts[:3]) or "(no semantics)"
+        click.echo(f"{path}\t{result.label}\t{result.score:.3f}\t{phrases}")
+        items.append(ReportItem(name, image, result, note=f"scene: {scene.caption()}"))
+    report = write_html_report(
+        out_dir / "report.html", items, title="textcam demo: the built-in shapes-world default",
+        intro=f"bundle {bundle_path}; model label = shape of the largest object; phrases: what its channels "
+              "responded to, in the tiny CLIP's words; groups: the part of the map each phrase explains.",
+    )
+    click.echo(f"overlays: {out_dir / 'overlays'}\nreport: {report}", err=True)

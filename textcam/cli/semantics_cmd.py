@@ -15,13 +15,16 @@ import click
               help="A local CLIP state dict (offline use); needs --clip-model.")
 @click.option("--clip-model", default=None, metavar="MODEL", help="Architecture of --clip-checkpoint.")
 @click.option("--vocab", multiple=True, default=("builtin:attributes",), show_default=True,
-              metavar="FILE|builtin:attributes|builtin:classes", help="Phrase sources (repeatable).")
+              metavar="FILE|builtin:attributes|builtin:shapes-world|builtin:classes",
+              help="Phrase sources (repeatable).")
 @click.option("--templates", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Prompt templates, one per line with '{}' for the phrase.")
 @click.option("-m", "m", type=click.IntRange(min=1), default=50, show_default=True,
               help="Top and bottom images per channel.")
-@click.option("--lda", type=click.Choice(["shrinkage", "pooled", "meandiff"]), default="shrinkage", show_default=True,
-              help="shrinkage: per-channel Ledoit-Wolf LDA; pooled: one global whitening (fast).")
+@click.option("--lda", type=click.Choice(["shrinkage", "pooled", "meandiff", "topmean"]), default="shrinkage",
+              show_default=True,
+              help="shrinkage: per-channel Ledoit-Wolf LDA; pooled: one global whitening (fast); meandiff, "
+                   "topmean: baselines (no whitening; mean of the top images only).")
 @click.option("--cache", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Cache CLIP image embeddings here (keyed by model and file content).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
