@@ -3,16 +3,16 @@
     python benchmarks/quality.py             # the full table (a few minutes on 2 cores)
     python benchmarks/quality.py --quick     # smoke run (small sets; its numbers mean nothing)
 
-Uses the committed shapes-world artifacts (``python -m textcam.shapes_world.build``): the shape
-classifier (task a: label = shape of the largest object), the spurious classifier (task b: trained
-where the background colour gave the label away), the tiny CLIP and the ``builtin:shapes-world``
+Uses the committed shapes-world artifacts (``python -m textcam.shapes_world.build``): the colour
+classifier (task a: label = colour of the largest object), the spurious classifier (task b: label =
+shape, trained where the background colour gave the label away), the tiny CLIP and the ``builtin:shapes-world``
 vocabulary (the world's attribute phrases plus distractors). Semantics are rebuilt here for every
 configuration over a held-out probe set; explanations are scored on held-out test scenes.
 
 Metrics per configuration (see README "Explanation quality"):
 
-- ``hit_at_1`` / ``hit_at_3``: the largest object's shape among the top-1 / top-3 phrases, over
-  correctly classified test scenes of task a;
+- ``hit_at_1`` / ``hit_at_3``: the largest object's colour phrase ("red object") among the top-1 /
+  top-3 phrases, over correctly classified test scenes of task a;
 - ``spurious_detection_rate``: model b's top-3 names the scene's background colour; and the
   same rate for model a (``control_background_rate``, should be low);
 - ``text_ablation_ratio``: the class logit's drop when the channels of the top phrase's group are
@@ -188,16 +188,17 @@ def evaluate(args) -> dict:
 
     from textcam.semantics_store import load_clip
     from textcam.shapes_world import ShapesWorld, artifacts, splits
+    from textcam.shapes_world.classifiers import DECIDING_FAMILY
     from textcam.shapes_world.quality import deciding_phrase, hit_rate
 
     torch.set_num_threads(2)
     folder = Path(args.artifacts)
-    bundles = {task: artifacts.require(folder / artifacts.BUNDLES[task].name) for task in ("shape", "spurious")}
+    bundles = {task: artifacts.require(folder / artifacts.BUNDLES[task].name) for task in ("color", "spurious")}
     clip = load_clip(checkpoint=str(artifacts.require(folder / artifacts.CLIP_CHECKPOINT.name)),
                      model_name=artifacts.CLIP_MODEL)
     world = ShapesWorld(64, seed=splits.TEST)
     scenes = [world.scene(i) for i in range(args.images)]
-    shapes = [deciding_phrase(s, "shape") for s in scenes]
+    colors = [deciding_phrase(s, "color") for s in scenes]
     backgrounds = [deciding_phrase(s, "background") for s in scenes]
     models = {task: torch_classifier(task, folder) for task in bundles}
     rows = []
@@ -210,18 +211,18 @@ def evaluate(args) -> dict:
             start = time.perf_counter()
             variant = {task: semantics_variant(bundles[task], work, config, probe, work / "cache", clip)
                        for task in bundles}
-            a = explain_all(variant["shape"], scenes, config.explainer, groups=True)
+            a = explain_all(variant["color"], scenes, config.explainer, groups=True)
             b = explain_all(variant["spurious"], scenes, config.explainer, groups=False)
-            correct = [i for i, r in enumerate(a) if r.label == scenes[i].largest.shape]
+            correct = [i for i, r in enumerate(a) if r.label == scenes[i].largest.color]
             top_a = [[c.phrase for c in r.concepts] for r in a]
             top_b = [[c.phrase for c in r.concepts] for r in b]
-            ratio, ablated = ablation_ratio(models["shape"], [scenes[i] for i in correct], [a[i] for i in correct],
+            ratio, ablated = ablation_ratio(models["color"], [scenes[i] for i in correct], [a[i] for i in correct],
                                             np.random.default_rng(0))
             row = {
                 "config": config.name, "baseline": config.baseline, "lda": config.lda, "m": config.m,
                 "explainer": config.explainer,
-                "hit_at_1": hit_rate([top_a[i] for i in correct], [shapes[i] for i in correct], 1),
-                "hit_at_3": hit_rate([top_a[i] for i in correct], [shapes[i] for i in correct], 3),
+                "hit_at_1": hit_rate([top_a[i] for i in correct], [colors[i] for i in correct], 1),
+                "hit_at_3": hit_rate([top_a[i] for i in correct], [colors[i] for i in correct], 3),
                 "spurious_detection_rate": hit_rate(top_b, backgrounds, 3),
                 "control_background_rate": hit_rate(top_a, backgrounds, 3),
                 "text_ablation_ratio": ratio,
@@ -235,10 +236,10 @@ def evaluate(args) -> dict:
                   f"{row['text_ablation_ratio']:.2f} ({row['seconds']}s)", file=sys.stderr, flush=True)
             if not localization_results:
                 count = min(args.localization_images, len(scenes))
-                localization_results["shape"] = localization(models["shape"], scenes[:count], a[:count], args.steps)
+                localization_results["color"] = localization(models["color"], scenes[:count], a[:count], args.steps)
                 localization_results["spurious"] = localization(models["spurious"], scenes[:count], b[:count],
                                                                 args.steps)
-    accuracy = {task: float(np.mean([r.label == s.largest.shape for r, s in zip(
+    accuracy = {task: float(np.mean([r.label == getattr(s.largest, DECIDING_FAMILY[task]) for r, s in zip(
         explain_all(bundles[task], scenes, {}, False), scenes, strict=True)])) for task in bundles}
     return {"rows": rows, "localization": localization_results, "held_out_accuracy": accuracy}
 
@@ -250,8 +251,9 @@ def markdown(result: dict) -> str:
         f"{settings['images']} held-out test scenes (seed {settings['test_seed']}), semantics from "
         f"{settings['probe_images']} held-out probe scenes, vocabulary `builtin:shapes-world` "
         f"({settings['vocabulary_size']} phrases, {settings['distractors']} of them distractors). "
-        f"Held-out accuracy: shape model {result['held_out_accuracy']['shape']:.3f}, spurious model "
-        f"{result['held_out_accuracy']['spurious']:.3f}.", "",
+        f"Held-out accuracy: colour model (a) {result['held_out_accuracy']['color']:.3f}, spurious model (b) "
+        f"{result['held_out_accuracy']['spurious']:.3f} (on scenes whose background no longer gives the "
+        "label away).", "",
         "| configuration | hit@1 | hit@3 | spurious detection (model b) | background named (model a, control) "
         "| text ablation ratio |",
         "|---|---:|---:|---:|---:|---:|",

@@ -9,14 +9,14 @@ from pathlib import Path
 from textcam.errors import TextcamError
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-DEFAULT_BUNDLE = ARTIFACTS / "shapes.textcam"
-"""The built-in default: the shape classifier with the tiny CLIP's semantics (``textcam demo``)."""
+DEFAULT_BUNDLE = ARTIFACTS / "color.textcam"
+"""The built-in default: the colour classifier with the tiny CLIP's semantics (``textcam demo``)."""
 SPURIOUS_BUNDLE = ARTIFACTS / "spurious.textcam"
 """The classifier that learned the background colour (the quality benchmark's spurious task)."""
 CLIP_CHECKPOINT = ARTIFACTS / "tiny_clip.safetensors"
 CLIP_MODEL = "textcam-tiny-clip"
 REPORT = ARTIFACTS / "build_report.json"
-BUNDLES = {"shape": DEFAULT_BUNDLE, "spurious": SPURIOUS_BUNDLE}
+BUNDLES = {"color": DEFAULT_BUNDLE, "spurious": SPURIOUS_BUNDLE}
 REBUILD_HINT = "rebuild the shapes-world artifacts with: python -m textcam.shapes_world.build"
 
 

@@ -7,9 +7,9 @@ Steps, each logged with its time:
 
 1. ``tiny_clip.safetensors``: textcam-tiny-clip trained on scenes and captions, with its
    zero-shot accuracy per attribute family on held-out single-object scenes;
-2. ``shape_cnn.safetensors`` and ``spurious_cnn.safetensors``: the two classifiers (see
+2. ``color_cnn.safetensors`` and ``spurious_cnn.safetensors``: the two classifiers (see
    :mod:`textcam.shapes_world.classifiers`), with their held-out accuracies;
-3. ``shapes.textcam`` and ``spurious.textcam``: each classifier exported (Grad-CAM at
+3. ``color.textcam`` and ``spurious.textcam``: each classifier exported (Grad-CAM at
    ``features``, activations included so maps split into channel groups) and given semantics
    computed with the tiny CLIP over a held-out probe set, vocabulary ``builtin:shapes-world``;
 4. ``build_report.json``: all of the above numbers, the seeds, sizes and times.
@@ -30,11 +30,11 @@ from pathlib import Path
 
 from textcam.shapes_world import artifacts, splits
 from textcam.shapes_world.captions import PROMPT_TEMPLATES
-from textcam.shapes_world.classifiers import TARGET_LAYER, TASKS, accuracy, save_weights, train
-from textcam.shapes_world.generator import SHAPES, ShapesWorld
+from textcam.shapes_world.classifiers import CLASSES, TARGET_LAYER, TASKS, accuracy, save_weights, train
+from textcam.shapes_world.generator import ShapesWorld
 
-CLIP_STEPS = 300
-CLIP_BATCH = 256
+CLIP_STEPS = 500
+CLIP_BATCH = 128
 CNN_STEPS = 600
 PROBE_IMAGES = 2000
 VOCABULARY = ("builtin:shapes-world",)
@@ -47,7 +47,7 @@ def export_classifier(model, task: str, out: Path) -> Path:
     source = {"source": "textcam.shapes_world.classifiers:build_cnn", "task": task,
               "weights": artifacts.classifier_weights(task).name}
     return export_bundle(model, TARGET_LAYER, out, method="gradcam", input_size=(INPUT_SIZE, INPUT_SIZE),
-                         class_names=list(SHAPES), with_activations=True, source=source)
+                         class_names=list(CLASSES[task]), with_activations=True, source=source)
 
 
 def add_semantics(bundle: Path, probe: Path, clip_checkpoint: Path, **options):

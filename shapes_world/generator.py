@@ -22,7 +22,7 @@ BACKGROUNDS = {
     "gray": (120, 120, 120), "black": (20, 20, 20), "brown": (110, 75, 45), "teal": (30, 110, 110),
     "navy": (25, 30, 90),
 }
-_SIZE_RADIUS = {"small": 0.12, "large": 0.22}  # fraction of the image side
+_SIZE_RADIUS = {"small": 0.16, "large": 0.28}  # fraction of the image side
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,8 @@ class ShapesWorld:
         specs = []
         for k in range(count):
             pins = fixed if k == 0 else {}
-            size = str(rng.choice(SIZES))
-            size = _pinned(pins, "size", "large") if k == 0 else size
+            # the others are small, so that "the largest object" is the first one (unless pinned small)
+            size = _pinned(pins, "size", "large") if k == 0 else "small"
             radius = _SIZE_RADIUS[size] * side * float(rng.uniform(0.9, 1.1))
             specs.append({
                 "shape": _pinned(pins, "shape", str(rng.choice(SHAPES))),

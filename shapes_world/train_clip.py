@@ -50,12 +50,12 @@ def build_model():
 
 
 def training_batch(world: ShapesWorld, step: int, batch_size: int) -> list:
-    """Scenes in groups of len(SHAPES) that differ only in the largest object's shape.
+    """Scenes in groups of len(SHAPES) that differ only in the largest object's shape, the first
+    object pinned small in every other group (else "small" never describes the largest object:
+    zero-shot size accuracy went from 0.67 to 0.9 with it).
 
-    Colours and backgrounds tell captions apart on their own, so with independent scenes the
-    model learns shapes last (zero-shot shape accuracy stayed at chance after 500 steps); within a
-    group, shape is the only difference. The first object is pinned small in every other group,
-    or "small" would never describe the largest object.
+    The groups were meant to teach shapes, which colours and backgrounds let contrastive training
+    skip; they did not (see the README's shapes-world section), and cost nothing.
     """
     scenes = []
     for i in range(batch_size):
@@ -73,9 +73,9 @@ def train(steps: int, batch_size: int, seed: int, log=print):
     model, tokenizer = build_model()
     world = ShapesWorld(64, seed=seed)
     rng = np.random.default_rng(seed)
+    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.1)
-    model.train()
     start = time.perf_counter()
     for step in range(steps):
         scenes = training_batch(world, step, batch_size)

@@ -18,16 +18,16 @@ def fresh_scenes(count: int, **fixed):
 def test_committed_artifacts_are_complete_and_under_20_mb():
     expected = [artifacts.DEFAULT_BUNDLE / "model.onnx", artifacts.DEFAULT_BUNDLE / "semantics.safetensors",
                 artifacts.SPURIOUS_BUNDLE / "semantics.safetensors", artifacts.CLIP_CHECKPOINT, artifacts.REPORT,
-                artifacts.classifier_weights("shape"), artifacts.classifier_weights("spurious")]
+                artifacts.classifier_weights("color"), artifacts.classifier_weights("spurious")]
     assert [p for p in expected if not p.is_file()] == []
     total = sum(p.stat().st_size for p in artifacts.ARTIFACTS.rglob("*") if p.is_file())
     assert total < 20 * 2**20
 
 
-def test_default_bundle_names_the_shape_of_fresh_scenes():
+def test_default_bundle_names_the_colour_of_the_largest_object_in_fresh_scenes():
     scenes = fresh_scenes(200)
     results = Explainer(artifacts.DEFAULT_BUNDLE).explain([s.image for s in scenes])
-    accuracy = np.mean([r.label == s.largest.shape for r, s in zip(results, scenes, strict=True)])
+    accuracy = np.mean([r.label == s.largest.color for r, s in zip(results, scenes, strict=True)])
     assert accuracy >= 0.9
     assert all(len(r.concepts) >= 3 for r in results)
 

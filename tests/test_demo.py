@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from textcam.shapes_world import SHAPES
+from textcam.shapes_world import COLORS
 
 TORCH_BLOCKED = (
     "import sys\n"
@@ -38,8 +38,8 @@ def test_demo_explains_scenes_without_torch_and_writes_a_report(tmp_path):
     correct = 0
     for line in lines:
         path, label, score, phrases = line.split("\t")
-        truth = Path(path).stem.split("_")[1]  # files are named NNN_<true shape>
-        assert label in SHAPES and 0.0 < float(score) <= 1.0
+        truth = Path(path).stem.split("_")[1]  # files are named NNN_<colour of the largest object>
+        assert label in COLORS and 0.0 < float(score) <= 1.0
         assert len(phrases.split("; ")) == 3
         correct += label == truth
     assert correct >= 5  # a trained model, not random weights

@@ -55,21 +55,22 @@ def test_random_channels_of_equal_weight_reach_the_groups_total():
 
 
 @pytest.mark.slow
-def test_rebuilt_semantics_still_name_the_deciding_shape(tmp_path):
+def test_rebuilt_semantics_still_name_the_deciding_colour(tmp_path):
     pytest.importorskip("open_clip")
     from textcam.runtime import Explainer
     from textcam.shapes_world.build import add_semantics
 
-    bundle = tmp_path / "shapes.textcam"
+    bundle = tmp_path / "color.textcam"
     shutil.copytree(artifacts.DEFAULT_BUNDLE, bundle)
     probe = tmp_path / "probe"
     ShapesWorld(64, seed=splits.PROBE + 1).write_pngs(probe, 400)
     add_semantics(bundle, probe, artifacts.CLIP_CHECKPOINT)
     scenes = [ShapesWorld(64, seed=splits.TEST + 1).scene(i) for i in range(150)]
     results = Explainer(bundle).explain([s.image for s in scenes])
-    correct = [(r, s) for r, s in zip(results, scenes, strict=True) if r.label == s.largest.shape]
+    correct = [(r, s) for r, s in zip(results, scenes, strict=True) if r.label == s.largest.color]
     assert len(correct) > 120
-    rate = hit_rate([[c.phrase for c in r.concepts] for r, _ in correct], [s.largest.shape for _, s in correct], 3)
+    truths = [deciding_phrase(s, "color") for _, s in correct]
+    rate = hit_rate([[c.phrase for c in r.concepts] for r, _ in correct], truths, 3)
     assert rate >= 0.8
 
 

@@ -1,6 +1,6 @@
 """``textcam demo``: the main job on the built-in default, offline, without torch, in seconds.
 
-The default bundle (``textcam.shapes_world.artifacts``) is a small CNN trained to name the shape
+The default bundle (``textcam.shapes_world.artifacts``) is a small CNN trained to name the colour
 of the largest object in a synthetic scene, with channel semantics from a tiny CLIP trained on the
 same world; both were built by ``python -m textcam.shapes_world.build`` and ship with the package.
 The demo draws fresh held-out scenes, explains each (label, score, heatmap, phrases, channel
@@ -26,7 +26,7 @@ DISPLAY_SCALE = 4
 @click.option("--count", type=click.IntRange(1, 200), default=6, show_default=True, help="Scenes to explain.")
 @click.option("--seed", type=int, default=None, help="Draw a different set of scenes (default: the demo split).")
 @click.option("--bundle", type=click.Path(file_okay=False), default=None,
-              help="Explain with this bundle instead of the built-in default (64x64 shape classifier).")
+              help="Explain with this bundle instead of the built-in default (64x64 colour classifier).")
 def demo_command(out, count, seed, bundle):
     """Explain generated scenes with the built-in default bundle: where the model looked and what it saw.
 
@@ -57,7 +57,7 @@ def demo_command(out, count, seed, bundle):
     items = []
     for index in range(count):
         scene = world.scene(index)
-        name = f"{index:03d}_{scene.largest.shape}"
+        name = f"{index:03d}_{scene.largest.color}"
         image = Image.fromarray(scene.image)
         image = image.resize((image.width * DISPLAY_SCALE, image.height * DISPLAY_SCALE), Image.Resampling.NEAREST)
         path = out_dir / "images" / f"{name}.png"
@@ -71,7 +71,7 @@ def demo_command(out, count, seed, bundle):
         items.append(ReportItem(name, image, result, note=f"scene: {scene.caption()}"))
     report = write_html_report(
         out_dir / "report.html", items, title="textcam demo: the built-in shapes-world default",
-        intro=f"bundle {bundle_path}; model label = shape of the largest object; phrases: what its channels "
+        intro=f"bundle {bundle_path}; model label = colour of the largest object; phrases: what its channels "
               "responded to, in the tiny CLIP's words; groups: the part of the map each phrase explains.",
     )
     click.echo(f"overlays: {out_dir / 'overlays'}\nreport: {report}", err=True)
