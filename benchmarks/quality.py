@@ -52,18 +52,18 @@ class Config:
 
 
 CONFIGS = [
-    Config("textcam (LDA shrinkage, M=50, contribution)"),
-    Config("LDA pooled", lda="pooled"),
     Config("M=20", m=20),
-    Config("M=100", m=100),
+    Config("M=50", m=50),
+    Config("textcam default (LDA shrinkage, M=100, contribution, l1=0.3, l2=0.2)", m=100),
     Config("M=200", m=200),
-    Config("selection l1=0.1 l2=0.1", explainer={"l1": 0.1, "l2": 0.1}),
-    Config("selection l1=0.5 l2=0.3", explainer={"l1": 0.5, "l2": 0.3}),
-    Config("plain ranking (no diverse selection)", explainer={"steps": 0}),
-    Config("baseline: mean difference, no LDA", lda="meandiff", baseline=True),
-    Config("baseline: random channel semantics", lda="random", baseline=True),
-    Config("baseline: literal CAM weights (beta = w)", explainer={"beta": "weights"}, baseline=True),
-    Config("baseline: CLIP-Dissect style (mean of top images)", lda="topmean", baseline=True),
+    Config("LDA pooled", lda="pooled", m=100),
+    Config("selection l1=0.1 l2=0.1", m=100, explainer={"l1": 0.1, "l2": 0.1}),
+    Config("selection l1=0.5 l2=0.3", m=100, explainer={"l1": 0.5, "l2": 0.3}),
+    Config("plain ranking (no diverse selection)", m=100, explainer={"steps": 0}),
+    Config("baseline: mean difference, no LDA", lda="meandiff", m=100, baseline=True),
+    Config("baseline: random channel semantics", lda="random", m=100, baseline=True),
+    Config("baseline: literal CAM weights (beta = w)", m=100, explainer={"beta": "weights"}, baseline=True),
+    Config("baseline: CLIP-Dissect style (mean of top images)", lda="topmean", m=100, baseline=True),
 ]
 
 
@@ -274,10 +274,14 @@ def markdown(result: dict) -> str:
 
 
 def choose(rows: list[dict]) -> dict:
-    """The non-baseline configuration with the best hit@3, then spurious detection, then hit@1."""
+    """The non-baseline configuration with the best hit@3, then spurious detection, hit@1, and the
+    lowest control rate (naming the background for a model that ignores it is a false alarm); the
+    first listed wins a tie (the list runs from cheaper to dearer M). The text ablation ratio is
+    not a criterion: random channel semantics already reach 4, because a group holds the
+    top-contributing channels whatever their phrase."""
     candidates = [r for r in rows if not r["baseline"]]
     return max(candidates, key=lambda r: (round(r["hit_at_3"], 3), round(r["spurious_detection_rate"], 3),
-                                          round(r["hit_at_1"], 3)))
+                                          round(r["hit_at_1"], 3), -round(r["control_background_rate"], 3)))
 
 
 def main() -> None:
@@ -297,7 +301,7 @@ def main() -> None:
     args.artifacts = args.artifacts or artifacts.ARTIFACTS
     if args.quick:
         args.images, args.probe_images, args.localization_images, args.steps = 24, 60, 8, 4
-        CONFIGS[:] = [CONFIGS[0], CONFIGS[-3]]
+        CONFIGS[:] = [CONFIGS[2], CONFIGS[-2]]
     start = time.perf_counter()
     result = evaluate(args)
     vocabulary = builtin_phrases("builtin:shapes-world")

@@ -62,8 +62,8 @@ def test_demo_refuses_an_out_path_that_is_a_file(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     run = demo("--out", blocker, "--count", 1)
-    assert run.returncode == 1
-    assert run.stderr.strip().startswith("error: --out") and "Traceback" not in run.stderr
+    assert run.returncode == 2  # a usage error
+    assert "'--out'" in run.stderr and "is a file" in run.stderr and "Traceback" not in run.stderr
     assert blocker.read_text() == "x"
 
 
@@ -75,3 +75,12 @@ def test_missing_default_bundle_names_the_rebuild_command(tmp_path):
 
     with pytest.raises(TextcamError, match=r"python -m textcam.shapes_world.build"):
         artifacts.require(tmp_path / "shapes.textcam")
+
+
+def test_demo_reports_a_missing_bundle_and_an_unusable_out_in_one_line(tmp_path):
+    run = demo("--bundle", tmp_path / "nowhere.textcam", "--out", tmp_path / "d")
+    assert run.returncode == 1 and run.stderr.startswith("error: ") and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    (tmp_path / "file").write_text("x")
+    run = demo("--out", tmp_path / "file" / "sub", "--count", 1)  # a file where a folder must go
+    assert run.returncode == 1 and run.stderr.startswith("error: --out") and "Traceback" not in run.stderr

@@ -45,15 +45,17 @@ def demo_command(out, count, seed, bundle):
     from textcam.shapes_world import ShapesWorld, artifacts, splits
 
     out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TextcamError(f"--out {out_dir}: exists and is not a directory; choose another path")
     bundle_path = Path(bundle) if bundle else artifacts.require(artifacts.DEFAULT_BUNDLE)
     explainer = Explainer(bundle_path)
     groups = explainer.semantics is not None and explainer.bundle.manifest["graph"].get("has_activations", False)
     spec = explainer.bundle.input
     world = ShapesWorld(min(spec.height, spec.width), seed=splits.DEMO if seed is None else seed)
-    for folder in ("images", "overlays", "groups"):
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    try:
+        for folder in ("images", "overlays", "groups"):
+            (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TextcamError(f"--out {out_dir}: cannot create it ({exc.strerror}); choose a writable directory") \
+            from None
     items = []
     for index in range(count):
         scene = world.scene(index)
