@@ -15,9 +15,9 @@ Metrics per configuration (see README "Explanation quality"):
   top-3 phrases, over correctly classified test scenes of task a;
 - ``spurious_detection_rate``: model b's top-3 names the scene's background colour; and the
   same rate for model a (``control_background_rate``, should be low);
-- ``text_ablation_ratio``: the class logit's drop when the channels of the top phrase's group are
-  zeroed at the explained layer (in the PyTorch model), over the mean drop for random channel
-  sets of equal total |w| (20 draws per image);
+- ``text_ablation_ratio``: the class logit's mean drop when the channels of the top phrase's group
+  are zeroed at the explained layer (in the PyTorch model), over the mean drop for random sets of
+  other positive-weight channels of equal total weight (20 draws per image);
 - once per model (they do not depend on semantics): ``deletion_auc`` / ``insertion_auc`` of the
   Grad-CAM maps and of random maps.
 

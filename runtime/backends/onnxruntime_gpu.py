@@ -25,6 +25,7 @@ import numpy as np
 
 from textcam.errors import TextcamError, first_line
 from textcam.runtime.backends.base import GraphRunner
+from textcam.runtime.backends.onnxruntime_runner import session_options
 from textcam.runtime.backends.tensorrt_runner import run_in_chunks
 from textcam.runtime.engines import ENGINES_DIR, BatchProfile, check_precision
 
@@ -43,13 +44,7 @@ class _OnnxRuntimeGpuRunner(GraphRunner):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(bundle.path) / ENGINES_DIR
         graph = Path(bundle.model_path) if precision == "fp32" else self._reduced_graph(bundle, precision)
         self.graph_path = graph
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if intra_op_threads is not None:
-            if intra_op_threads < 1:
-                raise TextcamError(f"intra_op_threads={intra_op_threads}: expected a positive number")
-            options.intra_op_num_threads = intra_op_threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        options = session_options(intra_op_threads, allow_spinning)
         try:
             self.session = ort.InferenceSession(str(graph), options, providers=self.providers(bundle))
         except Exception as exc:  # ORT raises its own exception types (bad graph, provider start failure)

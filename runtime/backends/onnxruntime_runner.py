@@ -8,6 +8,20 @@ from textcam.errors import TextcamError, first_line
 from textcam.runtime.backends.base import GraphRunner
 
 
+def session_options(intra_op_threads: int | None, allow_spinning: bool):
+    """ONNX Runtime session options shared by every ORT backend (quiet logs, threads, spinning)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if intra_op_threads is not None:
+        if intra_op_threads < 1:
+            raise TextcamError(f"intra_op_threads={intra_op_threads}: expected a positive number")
+        options.intra_op_num_threads = intra_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    return options
+
+
 class OnnxRuntimeRunner(GraphRunner):
     """One ``InferenceSession``; ``run`` is thread-safe (ONNX Runtime guarantees it for sessions).
 
@@ -20,13 +34,7 @@ class OnnxRuntimeRunner(GraphRunner):
     def __init__(self, bundle, providers=None, intra_op_threads: int | None = None, allow_spinning: bool = True):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if intra_op_threads is not None:
-            if intra_op_threads < 1:
-                raise TextcamError(f"intra_op_threads={intra_op_threads}: expected a positive number")
-            options.intra_op_num_threads = intra_op_threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        options = session_options(intra_op_threads, allow_spinning)
         available = ort.get_available_providers()
         providers = list(providers or ["CPUExecutionProvider"])
         unknown = [p for p in providers if (p[0] if isinstance(p, tuple) else p) not in available]
