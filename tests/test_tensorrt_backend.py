@@ -583,14 +583,14 @@ def test_corrupt_and_foreign_engines_on_a_gpu(gpu_bundle, fp32_engine, tmp_path)
 
 @pytest.mark.gpu
 @needs_tensorrt
-def test_fp16_engine_parity_on_the_shapes_world(tmp_path):
-    """Item 4 of issue #6 on real images: the built-in shapes classifier with semantics."""
+def test_fp16_engine_parity_on_the_default_bundle(tmp_path):
+    """Item 4 of issue #6 on real images: the built-in default (colour classifier with semantics)."""
     from textcam.export.engine_build import build_engine
     from textcam.shapes_world import ShapesWorld, artifacts
 
     if not (artifacts.DEFAULT_BUNDLE / "manifest.json").is_file():
         pytest.skip(f"the shapes-world bundle is not built ({artifacts.REBUILD_HINT})")
-    bundle = tmp_path / "shapes.textcam"
+    bundle = tmp_path / artifacts.DEFAULT_BUNDLE.name
     shutil.copytree(artifacts.DEFAULT_BUNDLE, bundle)
     result = build_engine(bundle, "fp16", 1, 16, 32)
     assert result.parity.passed, result.parity.table()

@@ -36,8 +36,8 @@ def semantics_command(bundle, probe, clip_spec, clip_checkpoint, clip_model, voc
     \b
     Examples:
       textcam semantics resnet50.textcam --probe imagenet_val/ --clip ViT-B-32:openai --cache ~/.cache/textcam
-      textcam semantics shapes.textcam --probe probe/ --clip-checkpoint clip.pt --clip-model textcam-tiny-clip \\
-          --vocab builtin:attributes --vocab builtin:classes
+      textcam semantics color.textcam --probe probe/ --vocab builtin:shapes-world \\
+          --clip-checkpoint tiny_clip.safetensors --clip-model textcam-tiny-clip
     """
     from textcam.semantics_store import build_semantics, load_clip
 
