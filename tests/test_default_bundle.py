@@ -77,3 +77,14 @@ def test_compact_checkpoint_keeps_known_text_and_zeroes_the_rest(tmp_path):
     unknown = tokenizer(["zeppelin"])[0, 1].item()  # a word no caption or vocabulary uses
     assert torch.count_nonzero(table[unknown]) == 0
     assert torch.count_nonzero(table[tokenizer(["circle"])[0, 1].item()]) > 0
+
+
+def test_info_describes_the_default_bundles_semantics():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "textcam", "info", str(artifacts.DEFAULT_BUNDLE)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    line = next(line for line in run.stdout.splitlines() if line.startswith("semantics"))
+    assert "semantics.safetensors" in line and "textcam-tiny-clip" in line and "M=" in line

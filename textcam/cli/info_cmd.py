@@ -39,11 +39,20 @@ def info_command(bundle, as_json):
         f"verified    logits rel err {check.get('logits_max_rel_err', float('nan')):.1e}, "
         f"cam abs err {check.get('cam_max_abs_err', float('nan')):.1e} (batches {check.get('batch_sizes')})",
         "tensorrt    " + ("compatible" if trt.get("compatible") else "no: " + "; ".join(trt.get("problems", []))),
-        f"semantics   {manifest['semantics']['file'] if manifest.get('semantics') else 'none (heatmaps only)'}",
+        f"semantics   {_semantics(manifest.get('semantics'))}",
         f"engines     {_engines(manifest)}",
         f"producer    textcam {manifest['producer'].get('textcam')}, torch {manifest['producer'].get('torch')}",
     ]
     click.echo("\n".join(lines))
+
+
+def _semantics(entry: dict | None) -> str:
+    if not entry:
+        return "none (heatmaps only; textcam semantics adds phrases)"
+    details = [f"{entry.get('vocabulary_size', '?')} phrases", f"CLIP {entry.get('clip_model', '?')}",
+               f"LDA {entry.get('lda', '?')}", f"M={entry.get('m', '?')}"]
+    fused = " + fused ranking graph" if entry.get("fused_graph") else ""
+    return f"{entry.get('file')}{fused} ({', '.join(details)})"
 
 
 def _engines(manifest: dict) -> str:
