@@ -47,7 +47,11 @@ def demo_command(out, count, seed, bundle):
     out_dir = Path(out)
     bundle_path = Path(bundle) if bundle else artifacts.require(artifacts.DEFAULT_BUNDLE)
     explainer = Explainer(bundle_path)
-    groups = explainer.semantics is not None and explainer.bundle.manifest["graph"].get("has_activations", False)
+    try:  # channel groups where the bundle allows them (semantics, a channel-weight method, activations)
+        explainer.check_groups()
+        groups = True
+    except TextcamError:
+        groups = False
     spec = explainer.bundle.input
     world = ShapesWorld(min(spec.height, spec.width), seed=splits.DEMO if seed is None else seed)
     try:
@@ -73,7 +77,8 @@ def demo_command(out, count, seed, bundle):
         items.append(ReportItem(name, image, result, note=f"scene: {scene.caption()}"))
     report = write_html_report(
         out_dir / "report.html", items, title="textcam demo: the built-in shapes-world default",
-        intro=f"bundle {bundle_path}; model label = colour of the largest object; phrases: what its channels "
-              "responded to, in the tiny CLIP's words; groups: the part of the map each phrase explains.",
+        intro=f"bundle {bundle_path}" + ("; model label = colour of the largest object" if bundle is None else "")
+              + "; phrases: what the channels behind the decision responded to, in CLIP's words; groups: the part "
+              "of the map each phrase explains.",
     )
     click.echo(f"overlays: {out_dir / 'overlays'}\nreport: {report}", err=True)
