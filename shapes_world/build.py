@@ -33,7 +33,7 @@ from textcam.shapes_world.captions import PROMPT_TEMPLATES
 from textcam.shapes_world.classifiers import CLASSES, TARGET_LAYER, TASKS, accuracy, save_weights, train
 from textcam.shapes_world.generator import ShapesWorld
 
-CLIP_STEPS = 500
+CLIP_STEPS = 1500
 CLIP_BATCH = 128
 CNN_STEPS = 600
 PROBE_IMAGES = 2000

@@ -35,8 +35,8 @@ PROMPT_TEMPLATES = ("a photo of {}.", "an image showing {}.", "{}")
 
 FAMILY_WEIGHTS = (0.4, 0.15, 0.15, 0.15, 0.15)
 """How often each family (in FAMILIES order) is the one a short caption names: shape most often,
-since colours and backgrounds are learned from any caption. (It did not get shapes learned within
-the build's budget; see the README's shapes-world section.)"""
+since colours and backgrounds are learned from any caption. (Shapes are still learned last:
+about 1,500 steps; see the README's shapes-world section.)"""
 
 Facts = tuple[tuple[str, str], ...]
 """(family, value) pairs a caption asserts about the largest object or the background."""

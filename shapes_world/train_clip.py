@@ -55,7 +55,8 @@ def training_batch(world: ShapesWorld, step: int, batch_size: int) -> list:
     zero-shot size accuracy went from 0.67 to 0.9 with it).
 
     The groups were meant to teach shapes, which colours and backgrounds let contrastive training
-    skip; they did not (see the README's shapes-world section), and cost nothing.
+    skip; within 600 steps they did not (shapes need about 1,500; see the README's shapes-world
+    section), and they cost nothing.
     """
     scenes = []
     for i in range(batch_size):

@@ -52,9 +52,9 @@ def test_tiny_clip_zero_shot_accuracy_on_fresh_scenes():
 
     model, tokenizer = load_compact(artifacts.CLIP_CHECKPOINT)
     accuracy = zero_shot(model, tokenizer, count=300, seed=FRESH_SEED)
-    # what the README reports: colours, textures, backgrounds learned; sizes nearly; shapes not
-    assert min(accuracy["color"], accuracy["texture"], accuracy["background"]) >= 0.9, accuracy
-    assert accuracy["size"] >= 0.75, accuracy
+    # what the README reports: colours, textures, sizes, backgrounds learned; shapes partly (0.856)
+    assert min(accuracy["color"], accuracy["texture"], accuracy["size"], accuracy["background"]) >= 0.9, accuracy
+    assert accuracy["shape"] >= 0.6, accuracy  # well above chance (0.2), below the target
 
 
 def test_compact_checkpoint_keeps_known_text_and_zeroes_the_rest(tmp_path):
