@@ -54,16 +54,16 @@ class Config:
 CONFIGS = [
     Config("M=20", m=20),
     Config("M=50", m=50),
-    Config("textcam default (LDA shrinkage, M=100, contribution, l1=0.3, l2=0.2)", m=100),
+    Config("M=100", m=100),
     Config("M=200", m=200),
-    Config("LDA pooled", lda="pooled", m=100),
-    Config("selection l1=0.1 l2=0.1", m=100, explainer={"l1": 0.1, "l2": 0.1}),
-    Config("selection l1=0.5 l2=0.3", m=100, explainer={"l1": 0.5, "l2": 0.3}),
-    Config("plain ranking (no diverse selection)", m=100, explainer={"steps": 0}),
-    Config("baseline: mean difference, no LDA", lda="meandiff", m=100, baseline=True),
-    Config("baseline: random channel semantics", lda="random", m=100, baseline=True),
-    Config("baseline: literal CAM weights (beta = w)", m=100, explainer={"beta": "weights"}, baseline=True),
-    Config("baseline: CLIP-Dissect style (mean of top images)", lda="topmean", m=100, baseline=True),
+    Config("LDA pooled (M=100)", lda="pooled", m=100),
+    Config("selection l1=0.1 l2=0.1 (M=100)", m=100, explainer={"l1": 0.1, "l2": 0.1}),
+    Config("selection l1=0.5 l2=0.3 (M=100)", m=100, explainer={"l1": 0.5, "l2": 0.3}),
+    Config("plain ranking, no diverse selection (M=100)", m=100, explainer={"steps": 0}),
+    Config("baseline: mean difference, no LDA (M=100)", lda="meandiff", m=100, baseline=True),
+    Config("baseline: random channel semantics (M=100)", lda="random", m=100, baseline=True),
+    Config("baseline: literal CAM weights, beta = w (M=100)", m=100, explainer={"beta": "weights"}, baseline=True),
+    Config("baseline: CLIP-Dissect style, mean of top images (M=100)", lda="topmean", m=100, baseline=True),
 ]
 
 

@@ -35,8 +35,8 @@ from textcam.semantics_store.probe_set import extreme_images, list_probe_images,
 from textcam.semantics_store.vocabulary import load_templates, load_vocabulary
 
 MIN_PROBE_IMAGES = 4
-DEFAULT_M = 100
-"""Top and bottom images per channel: benchmarks/quality.py picked 100 (of 20, 50, 100, 200)."""
+DEFAULT_M = 50
+"""Top and bottom images per channel: benchmarks/quality.py picks it from 20, 50, 100, 200."""
 
 
 @dataclass

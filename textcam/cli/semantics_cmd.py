@@ -19,7 +19,7 @@ import click
               help="Phrase sources (repeatable).")
 @click.option("--templates", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Prompt templates, one per line with '{}' for the phrase.")
-@click.option("-m", "m", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("-m", "m", type=click.IntRange(min=1), default=50, show_default=True,
               help="Top and bottom images per channel.")
 @click.option("--lda", type=click.Choice(["shrinkage", "pooled", "meandiff", "topmean"]), default="shrinkage",
               show_default=True,
