@@ -69,17 +69,14 @@ CONFIGS = [
 
 def semantics_variant(source: Path, work: Path, config: Config, probe: Path, cache: Path, clip) -> Path:
     """A copy of the bundle ``source`` with semantics built by ``config`` (cached per lda/M)."""
-    from textcam.semantics_store import build_semantics
-    from textcam.shapes_world.build import VOCABULARY
-    from textcam.shapes_world.captions import PROMPT_TEMPLATES
+    from textcam.shapes_world.build import add_semantics
 
     target = work / f"{source.stem}-{config.lda}-m{config.m}.textcam"
     if target.exists():
         return target
     shutil.copytree(source, target)
     lda = "shrinkage" if config.lda == "random" else config.lda
-    build_semantics(target, probe, clip, vocab=VOCABULARY, templates=PROMPT_TEMPLATES, m=config.m, lda=lda,
-                    cache=cache, show_progress=False, log=lambda _m: None, fuse=False)
+    add_semantics(target, probe, clip, m=config.m, lda=lda, cache=cache, fuse=False)
     if config.lda == "random":
         _randomize_semantics(target)
     return target
@@ -186,23 +183,22 @@ def localization(model, scenes, results, steps: int) -> dict:
 def evaluate(args) -> dict:
     import torch
 
-    from textcam.semantics_store import load_clip
     from textcam.shapes_world import ShapesWorld, artifacts, splits
+    from textcam.shapes_world.build import load_tiny_clip
     from textcam.shapes_world.classifiers import DECIDING_FAMILY
     from textcam.shapes_world.quality import deciding_phrase, hit_rate
 
     torch.set_num_threads(2)
     folder = Path(args.artifacts)
     bundles = {task: artifacts.require(folder / artifacts.BUNDLES[task].name) for task in ("color", "spurious")}
-    clip = load_clip(checkpoint=str(artifacts.require(folder / artifacts.CLIP_CHECKPOINT.name)),
-                     model_name=artifacts.CLIP_MODEL)
+    clip = load_tiny_clip(artifacts.require(folder / artifacts.CLIP_CHECKPOINT.name))
     world = ShapesWorld(64, seed=splits.TEST)
     scenes = [world.scene(i) for i in range(args.images)]
     colors = [deciding_phrase(s, "color") for s in scenes]
     backgrounds = [deciding_phrase(s, "background") for s in scenes]
     models = {task: torch_classifier(task, folder) for task in bundles}
     rows = []
-    localization_results = {}
+    localization_results, accuracy = {}, {}
     with tempfile.TemporaryDirectory(prefix="textcam-quality-") as tmp:
         work = Path(tmp)
         probe = work / "probe"
@@ -234,13 +230,14 @@ def evaluate(args) -> dict:
             print(f"{config.name}: hit@1 {row['hit_at_1']:.3f} hit@3 {row['hit_at_3']:.3f} spurious "
                   f"{row['spurious_detection_rate']:.3f} control {row['control_background_rate']:.3f} ablation "
                   f"{row['text_ablation_ratio']:.2f} ({row['seconds']}s)", file=sys.stderr, flush=True)
-            if not localization_results:
+            if not localization_results:  # predictions and maps do not depend on the semantics: once
+                for task, results in (("color", a), ("spurious", b)):
+                    accuracy[task] = float(np.mean([r.label == getattr(s.largest, DECIDING_FAMILY[task])
+                                                    for r, s in zip(results, scenes, strict=True)]))
                 count = min(args.localization_images, len(scenes))
                 localization_results["color"] = localization(models["color"], scenes[:count], a[:count], args.steps)
                 localization_results["spurious"] = localization(models["spurious"], scenes[:count], b[:count],
                                                                 args.steps)
-    accuracy = {task: float(np.mean([r.label == getattr(s.largest, DECIDING_FAMILY[task]) for r, s in zip(
-        explain_all(bundles[task], scenes, {}, False), scenes, strict=True)])) for task in bundles}
     return {"rows": rows, "localization": localization_results, "held_out_accuracy": accuracy}
 
 

@@ -50,11 +50,18 @@ def export_classifier(model, task: str, out: Path) -> Path:
                          class_names=list(CLASSES[task]), with_activations=True, source=source)
 
 
-def add_semantics(bundle: Path, probe: Path, clip_checkpoint: Path, **options):
-    """Channel semantics for ``bundle`` with the tiny CLIP (the settings the default bundle ships with)."""
-    from textcam.semantics_store import build_semantics, load_clip
+def load_tiny_clip(checkpoint: Path = artifacts.CLIP_CHECKPOINT):
+    """The tiny CLIP as the semantics builder uses it (load once, pass to :func:`add_semantics`)."""
+    from textcam.semantics_store import load_clip
 
-    clip = load_clip(checkpoint=str(clip_checkpoint), model_name=artifacts.CLIP_MODEL)
+    return load_clip(checkpoint=str(checkpoint), model_name=artifacts.CLIP_MODEL)
+
+
+def add_semantics(bundle: Path, probe: Path, clip, **options):
+    """Channel semantics for ``bundle`` with ``clip`` (:func:`load_tiny_clip`) and the settings the
+    default bundle ships with; ``options`` go to ``build_semantics`` (m=, lda=, cache=, fuse=...)."""
+    from textcam.semantics_store import build_semantics
+
     settings = {"vocab": VOCABULARY, "templates": PROMPT_TEMPLATES, "show_progress": False, **options}
     return build_semantics(bundle, probe, clip, log=lambda m: None, **settings)
 
@@ -90,6 +97,7 @@ def build(out: Path, clip_steps: int = CLIP_STEPS, cnn_steps: int = CNN_STEPS, p
     step("clip")
 
     report["classifiers"] = {}
+    clip = load_tiny_clip(clip_path)
     with tempfile.TemporaryDirectory(prefix="textcam-probe-") as probe_dir:
         probe = Path(probe_dir)
         ShapesWorld(INPUT_SIZE, seed=splits.PROBE).write_pngs(probe, probe_images)
@@ -105,7 +113,7 @@ def build(out: Path, clip_steps: int = CLIP_STEPS, cnn_steps: int = CNN_STEPS, p
             step(f"train {task}")
             bundle = export_classifier(model, task, stage / artifacts.BUNDLES[task].name)
             step(f"export {task}")
-            semantics = add_semantics(bundle, probe, clip_path, probe_description=(
+            semantics = add_semantics(bundle, probe, clip, probe_description=(
                 f"shapes world, {probe_images} held-out scenes (seed {splits.PROBE})"))
             report["classifiers"][task]["semantics"] = {"m": semantics.m, "phrases": semantics.phrases,
                                                          "probe_images": semantics.probe_images}

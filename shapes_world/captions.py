@@ -63,8 +63,16 @@ def training_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, Facts
     return PROMPT_TEMPLATES[int(rng.integers(len(PROMPT_TEMPLATES)))].format(caption), facts
 
 
-def caption_holds(scene: Scene, caption: str, facts: Facts | None) -> bool:
-    """Whether a caption made for another scene is also true of ``scene`` (then it is no negative)."""
+def caption_holds(scene: Scene, caption: str, facts: Facts | None, scene_caption: str | None = None) -> bool:
+    """Whether a caption made for another scene is also true of ``scene`` (then it is no negative).
+    ``scene_caption``: ``scene.caption()``, when the caller already has it."""
     if facts is None:
-        return scene.caption() in caption
+        return (scene_caption or scene.caption()) in caption
     return all(attribute_of(scene, family) == value for family, value in facts)
+
+
+def holds_matrix(scenes: list[Scene], captions: list[tuple[str, Facts | None]]) -> np.ndarray:
+    """[scene, caption] booleans of :func:`caption_holds`, each scene's own caption built once."""
+    own = [scene.caption() for scene in scenes]
+    return np.array([[caption_holds(s, text, facts, mine) for text, facts in captions]
+                     for s, mine in zip(scenes, own, strict=True)])

@@ -22,7 +22,7 @@ from textcam.shapes_world.captions import (
     FAMILIES,
     PROMPT_TEMPLATES,
     attribute_of,
-    caption_holds,
+    holds_matrix,
     phrase,
     training_caption,
 )
@@ -87,8 +87,7 @@ def train(steps: int, batch_size: int, seed: int, log=print):
         text_features = F.normalize(model.encode_text(texts), dim=-1)
         logits = model.logit_scale.exp() * image_features @ text_features.T
         # a caption that is also true of another image in the batch is not a negative for it
-        holds = torch.tensor([[caption_holds(s, text, facts) for text, facts in captions] for s in scenes],
-                             dtype=torch.float32)
+        holds = torch.from_numpy(holds_matrix(scenes, captions).astype(np.float32))
         loss = (F.cross_entropy(logits, holds / holds.sum(dim=1, keepdim=True))
                 + F.cross_entropy(logits.T, holds.T / holds.T.sum(dim=1, keepdim=True))) / 2
         optimizer.zero_grad()

@@ -58,13 +58,13 @@ def test_random_channels_of_equal_weight_reach_the_groups_total():
 def test_rebuilt_semantics_still_name_the_deciding_colour(tmp_path):
     pytest.importorskip("open_clip")
     from textcam.runtime import Explainer
-    from textcam.shapes_world.build import add_semantics
+    from textcam.shapes_world.build import add_semantics, load_tiny_clip
 
     bundle = tmp_path / "color.textcam"
     shutil.copytree(artifacts.DEFAULT_BUNDLE, bundle)
     probe = tmp_path / "probe"
     ShapesWorld(64, seed=splits.PROBE + 1).write_pngs(probe, 400)
-    add_semantics(bundle, probe, artifacts.CLIP_CHECKPOINT)
+    add_semantics(bundle, probe, load_tiny_clip(artifacts.CLIP_CHECKPOINT))
     scenes = [ShapesWorld(64, seed=splits.TEST + 1).scene(i) for i in range(150)]
     results = Explainer(bundle).explain([s.image for s in scenes])
     correct = [(r, s) for r, s in zip(results, scenes, strict=True) if r.label == s.largest.color]

@@ -75,3 +75,14 @@ def test_pinning_one_attribute_changes_only_that_attribute():
         assert star.background == cross.background and star.noise == cross.noise
         differs = (star.image != cross.image).any(axis=2)
         assert 0 < differs.mean() < 0.2  # only pixels of the first object's outline change
+
+
+def test_holds_matrix_matches_caption_holds_and_each_caption_holds_for_its_own_scene():
+    from textcam.shapes_world.captions import caption_holds, holds_matrix, training_caption
+
+    world, rng = ShapesWorld(64, seed=8), np.random.default_rng(8)
+    scenes = [world.scene(i) for i in range(12)]
+    captions = [training_caption(s, rng) for s in scenes]
+    matrix = holds_matrix(scenes, captions)
+    expected = [[caption_holds(s, text, facts) for text, facts in captions] for s in scenes]
+    assert matrix.tolist() == expected and matrix.diagonal().all()

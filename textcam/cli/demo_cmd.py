@@ -68,7 +68,7 @@ def demo_command(out, count, seed, bundle):
         image = image.resize((image.width * DISPLAY_SCALE, image.height * DISPLAY_SCALE), Image.Resampling.NEAREST)
         path = out_dir / "images" / f"{name}.png"
         image.save(path)
-        result = explainer.explain(path, groups=groups)
+        result = explainer.explain(image, groups=groups)  # the image in hand, not read back from disk
         result.overlay(image).save(out_dir / "overlays" / f"{name}.cam.png")
         for rank, group in enumerate(result.groups):
             group.overlay(image).save(out_dir / "groups" / f"{name}.{rank}.png")
