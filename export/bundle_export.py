@@ -24,19 +24,35 @@ from textcam.export.target_layer import choose_layer, find_module, linear_head_w
 from textcam.export.tensorrt_compat import tensorrt_report
 from textcam.export.tracing import OPSET, export_onnx, trace_joint
 from textcam.export.verification import verify_onnx
+from textcam.runtime.bundle import Bundle
 from textcam.runtime.bundle_files import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
+    MANIFEST_FILE,
     MODEL_FILE,
     check_output_dir,
+    looks_like_bundle,
     sha256_file,
     staged_bundle_dir,
+    write_file_atomic,
     write_manifest,
 )
+from textcam.runtime.manifest import (
+    RESIZE_POLICIES,
+    FileRef,
+    GraphSection,
+    InputSection,
+    Manifest,
+    ModelSection,
+    SelftestSection,
+    TargetLayerSection,
+    TensorSpec,
+    VerificationSection,
+)
+from textcam.runtime.preprocessing_spec import PREPROCESSING
+from textcam.runtime.selftest import build_selftest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE_POLICIES = ("stretch", "center_crop")
+SELFTEST_FILE = "selftest.safetensors"
 
 
 def _parse_size(input_size) -> tuple[int, int]:
@@ -83,6 +99,7 @@ def export_bundle(
     with_activations: bool = False,
     source: dict | None = None,
     progress: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> Path:
     """Export ``model`` into a bundle directory ``out`` holding ``manifest.json`` and ``model.onnx``.
 
@@ -91,7 +108,7 @@ def export_bundle(
     the heatmap at input resolution and the channel weights in one call (see
     :mod:`textcam.export.joint_graph`). The graph is verified against eager PyTorch before the
     bundle is written; a failed check raises :class:`~textcam.errors.TextcamError` and leaves
-    ``out`` untouched.
+    ``out`` untouched. An existing bundle at ``out`` is replaced only with ``force=True``.
 
     Example::
 
@@ -104,6 +121,8 @@ def export_bundle(
     if target_layer is not None and not isinstance(target_layer, str):
         raise TextcamError(f"--layer {target_layer!r}: expected a dotted module name such as 'layer4'")
     out = Path(out)
+    if not force and looks_like_bundle(out):
+        raise TextcamError(f"{out}: a textcam bundle is already there; pass force=True (--force) to replace it")
     input_hw = _parse_size(input_size)
     cam_method = get_method(method)
     if resize not in RESIZE_POLICIES:
@@ -163,64 +182,49 @@ def export_bundle(
         timings["verify_s"] = time.perf_counter() - start
 
         onnx_model = onnx.load(str(onnx_path), load_external_data=False)
-        manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "producer": {
-                "textcam": textcam.__version__,
-                "torch": torch.__version__,
-                "onnx": onnx.__version__,
-                "python": sys.version.split()[0],
-                "opset": OPSET,
-            },
-            "model": {
-                **(source or {"source": type(model).__name__}),
-                "file": MODEL_FILE,
-                "sha256": sha256_file(onnx_path),
-                "size_bytes": onnx_path.stat().st_size,
-                "num_classes": num_classes,
-            },
-            "input": {
-                "height": input_hw[0],
-                "width": input_hw[1],
-                "layout": "NCHW",
-                "dtype": "float32",
-                "color": "RGB",
-                "scale": 1 / 255,
-                "mean": [float(m) for m in mean],
-                "std": [float(s) for s in std],
-                "resize": resize,
-            },
-            "classes": list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)],
-            "target_layer": {"name": layer.name, **layer.layout.describe()},
-            "method": cam_method.name,
-            "graph": _graph_signature(onnx_model),
-            "verification": verification,
-            "tensorrt": tensorrt_report(onnx_model),
-            "timings": {k: round(v, 3) for k, v in timings.items()},
-            "semantics": None,
-            "engines": [],
-        }
+        details = dict(source or {"source": type(model).__name__})
+        manifest = Manifest(
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            producer={"textcam": textcam.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                      "python": sys.version.split()[0], "opset": OPSET},
+            model=ModelSection(str(details.pop("source")), FileRef(MODEL_FILE, sha256_file(onnx_path),
+                                                                   onnx_path.stat().st_size), num_classes, details),
+            input=InputSection(height=input_hw[0], width=input_hw[1], mean=mean, std=std, resize=resize,
+                               preprocessing=dict(PREPROCESSING)),
+            classes=tuple(class_names) if class_names is not None else tuple(f"class_{i}" for i in range(num_classes)),
+            target_layer=TargetLayerSection(**layer.layout.describe(), name=layer.name),
+            method=cam_method.name,
+            graph=_graph_signature(onnx_model),
+            verification=VerificationSection(bool(verification.pop("passed")),
+                                             tuple(verification.pop("batch_sizes", ())), verification),
+            tensorrt=tensorrt_report(onnx_model),
+            timings={k: round(v, 3) for k, v in timings.items()},
+        )
+        manifest = Manifest.from_dict(manifest.to_dict(), str(stage / MANIFEST_FILE))  # the checks readers make
+        start = _stage(progress, "writing the self-test (expected outputs for every host)")
+        data, fields = build_selftest(Bundle.from_manifest(stage, manifest))
+        selftest_path = stage / SELFTEST_FILE
+        write_file_atomic(selftest_path, data)
+        manifest = manifest.replace(selftest=SelftestSection(
+            FileRef(SELFTEST_FILE, sha256_file(selftest_path), selftest_path.stat().st_size), **fields))
+        timings["selftest_s"] = time.perf_counter() - start
+        manifest = manifest.replace(timings={k: round(v, 3) for k, v in timings.items()})
         write_manifest(stage, manifest)
     return out
 
 
-def _graph_signature(model: onnx.ModelProto) -> dict:
+def _graph_signature(model: onnx.ModelProto) -> GraphSection:
     def describe(values):
         result = []
         for value in values:
             tensor = value.type.tensor_type
             dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
             dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
-            result.append({"name": value.name, "dtype": dtype, "shape": dims})
+            result.append(TensorSpec(value.name, dtype, tuple(dims)))
         return result
 
-    signature = {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
-    expected_outputs = list(OUTPUT_NAMES)
-    names = [o["name"] for o in signature["outputs"]]
-    inputs = [i["name"] for i in signature["inputs"]]
-    if names[: len(expected_outputs)] != expected_outputs or inputs != list(INPUT_NAMES):
+    inputs, outputs = describe(model.graph.input), describe(model.graph.output)
+    names = [o.name for o in outputs]
+    if names[: len(OUTPUT_NAMES)] != list(OUTPUT_NAMES) or [i.name for i in inputs] != list(INPUT_NAMES):
         raise TextcamError(f"internal error: exported graph has unexpected inputs/outputs {names}")
-    signature["has_activations"] = ACTIVATIONS_OUTPUT in names
-    return signature
+    return GraphSection(tuple(inputs), tuple(outputs), ACTIVATIONS_OUTPUT in names)

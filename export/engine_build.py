@@ -22,7 +22,6 @@ Needs TensorRT and a CUDA binding, not torch.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,14 +35,14 @@ from textcam.export.precision import PrecisionReport, write_reduced_graph
 from textcam.runtime.backends.cuda_memory import DeviceMemory, open_device_memory
 from textcam.runtime.backends.tensorrt_runner import import_tensorrt
 from textcam.runtime.bundle import Bundle
-from textcam.runtime.bundle_files import read_manifest, sha256_file, write_file_atomic, write_manifest
+from textcam.runtime.bundle_files import write_file_atomic
+from textcam.runtime.bundle_update import update_bundle
 from textcam.runtime.engines import (
     DEFAULT_CONCURRENCY,
     ENGINES_DIR,
     BatchProfile,
     EngineEntry,
     check_precision,
-    engine_entries,
     engine_file_name,
     reduced_graph_name,
     replace_entry,
@@ -151,11 +150,9 @@ class _GraphFile:
 
 
 def record_engine(bundle_path: Path, entry: EngineEntry) -> None:
-    """Add ``entry`` to the manifest, replacing one with the same key (an atomic manifest write)."""
-    manifest = read_manifest(bundle_path)
-    entries = replace_entry(engine_entries(manifest, f"{bundle_path}/manifest.json"), entry)
-    manifest["engines"] = [e.to_dict() for e in entries]
-    write_manifest(bundle_path, manifest)
+    """Add ``entry`` (its files already in the bundle) to the manifest, replacing one with the same key."""
+    with update_bundle(bundle_path) as update:
+        update.manifest = update.manifest.replace(engines=tuple(replace_entry(update.manifest.engines, entry)))
 
 
 def build_engine(
@@ -182,30 +179,25 @@ def build_engine(
     trt = import_tensorrt()
     memory = open_device_memory(allocator, device)
     gpu = memory.info()
-    engines_dir = opened.path / ENGINES_DIR
-    try:
-        engines_dir.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise TextcamError(f"{engines_dir}: cannot create it ({exc.strerror or exc})") from None
     started = time.perf_counter()
-    model_sha = opened.manifest["model"].get("sha256") or sha256_file(opened.model_path)
-    reduced = None
-    onnx_path = opened.model_path
-    if settings.precision != "fp32":
-        onnx_path = engines_dir / reduced_graph_name(settings.precision)
-        log(f"writing the {settings.precision} graph (forward pass reduced, gradients fp32) to {onnx_path}")
-        reduced = write_reduced_graph(opened.model_path, onnx_path, settings.precision, model_sha)
-    log(f"building a {settings.precision} engine on {gpu.name} (sm{gpu.compute_capability.replace('.', '')}, "
-        f"TensorRT {trt.__version__}), batch {settings.profile.describe()}, {settings.concurrency} profile(s)")
-    plan = serialize_engine(onnx_path, settings, memory, log)
-    name = engine_file_name(settings.precision, gpu.compute_capability, trt.__version__)
-    fd, staging_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=engines_dir)
-    staging = Path(staging_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(plan)
-            handle.flush()
-            os.fsync(handle.fileno())
+    model_sha = opened.model_sha256
+    with update_bundle(opened.path) as update:
+        reduced = None
+        onnx_path = opened.model_path
+        onnx_ref = None
+        if settings.precision != "fp32":
+            stem = reduced_graph_name(settings.precision).removesuffix(".onnx")
+            staged_onnx = update.staging_path(stem, ".onnx", ENGINES_DIR)
+            log(f"writing the {settings.precision} graph (forward pass reduced, gradients fp32)")
+            reduced = write_reduced_graph(opened.model_path, staged_onnx, settings.precision, model_sha)
+            onnx_ref = update.adopt(staged_onnx, stem, ".onnx")
+            onnx_path = opened.path / onnx_ref.file
+        log(f"building a {settings.precision} engine on {gpu.name} (sm{gpu.compute_capability.replace('.', '')}, "
+            f"TensorRT {trt.__version__}), batch {settings.profile.describe()}, {settings.concurrency} profile(s)")
+        plan = serialize_engine(onnx_path, settings, memory, log)
+        stem = engine_file_name(settings.precision, gpu.compute_capability, trt.__version__).removesuffix(".plan")
+        staging = update.staging_path(stem, ".plan", ENGINES_DIR)
+        staging.write_bytes(plan)
         build_s = time.perf_counter() - started
         log("checking the engine against ONNX Runtime (CPU) on fresh random inputs")
         reference = OnnxRuntimeRunner(opened)
@@ -217,30 +209,26 @@ def build_engine(
             candidate.close()
         if not report.passed:
             raise ParityFailure(report)
-        final = engines_dir / name
-        os.chmod(staging, 0o644)
-        os.replace(staging, final)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
-    entry = EngineEntry(
-        file=f"{ENGINES_DIR}/{name}",
-        precision=settings.precision,
-        tensorrt=trt.__version__,
-        compute_capability=gpu.compute_capability,
-        profile=settings.profile,
-        concurrency=settings.concurrency,
-        gpu=gpu.name,
-        onnx=str(onnx_path.relative_to(opened.path)),
-        onnx_sha256=sha256_file(onnx_path),
-        model_sha256=model_sha,
-        sha256=sha256_file(final),
-        size_bytes=final.stat().st_size,
-        built=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        workspace_gb=settings.workspace_gb,
-        parity=report.to_dict(),
-    )
-    record_engine(opened.path, entry)
+        plan_ref = update.adopt(staging, stem, ".plan")
+        entry = EngineEntry(
+            file=plan_ref.file,
+            precision=settings.precision,
+            tensorrt=trt.__version__,
+            compute_capability=gpu.compute_capability,
+            profile=settings.profile,
+            concurrency=settings.concurrency,
+            gpu=gpu.name,
+            onnx=onnx_ref.file if onnx_ref else opened.info.model.graph.file,
+            onnx_sha256=onnx_ref.sha256 if onnx_ref else model_sha,
+            model_sha256=model_sha,
+            sha256=plan_ref.sha256,
+            size_bytes=plan_ref.size_bytes,
+            built=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            workspace_gb=settings.workspace_gb,
+            parity=report.to_dict(),
+        )
+        update.manifest = update.manifest.replace(engines=tuple(replace_entry(update.manifest.engines, entry)))
+    final = opened.path / plan_ref.file
     return BuildResult(entry, final, report, reduced, build_s)
 
 

@@ -7,7 +7,9 @@ import hashlib
 import importlib
 import inspect
 import io
+import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,18 +100,7 @@ def _timm(name: str, num_classes: int | None):
 
 def _factory(module_name: str, attr: str, num_classes: int | None):
     spec = f"{module_name}:{attr}"
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        hint = did_you_mean(module_name, FAMILIES)
-        if not hint and "." not in module_name:
-            hint = "; expected 'torchvision:NAME', 'timm:NAME' or 'package.module:factory' (importable)"
-        problem = f"cannot import {module_name!r} ({first_line(exc)}){hint}"
-        raise TextcamError(f"--model {spec}: {problem}") from None
-    except Exception as exc:  # the user's module failed while importing
-        raise TextcamError(
-            f"--model {spec}: importing {module_name!r} raised {type(exc).__name__}: {first_line(exc)}"
-        ) from None
+    module = _import_user_module(module_name, spec)
     factory = getattr(module, attr, None)
     if factory is None:
         public = [n for n in dir(module) if not n.startswith("_")]
@@ -133,6 +124,47 @@ def _factory(module_name: str, attr: str, num_classes: int | None):
     if not accepts:
         raise TextcamError(f"--num-classes: the factory {spec} takes no num_classes argument; drop the option")
     return _build(spec, factory, num_classes=num_classes)
+
+
+def _is_missing(exc: ImportError, module_name: str) -> bool:
+    """Whether ``exc`` says ``module_name`` itself (or a package above it) is not on the path, as
+    opposed to the module being found and failing on an import of its own."""
+    missing = getattr(exc, "name", None)
+    if not isinstance(exc, ModuleNotFoundError) or not missing:
+        return False
+    return module_name == missing or module_name.startswith(f"{missing}.")
+
+
+def _import_user_module(module_name: str, spec: str):
+    """Import the module of ``package.module:factory``; the current directory counts, as with ``python -m``.
+
+    The ``textcam`` console script does not put the current directory on ``sys.path`` (``python -m
+    textcam`` does), so a module beside the user is looked up there too, after everything else.
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        if not _is_missing(exc, module_name):
+            raise TextcamError(
+                f"--model {spec}: importing {module_name!r} raised {type(exc).__name__}: {first_line(exc)}"
+            ) from None
+        cwd = os.getcwd()
+        top = module_name.partition(".")[0]
+        beside = Path(cwd, f"{top}.py").is_file() or Path(cwd, top).is_dir()
+        if beside and cwd not in sys.path and "" not in sys.path:
+            sys.path.append(cwd)
+            return _import_user_module(module_name, spec)
+        hint = did_you_mean(module_name, FAMILIES)
+        if not hint and "." not in module_name:
+            hint = "; expected 'torchvision:NAME', 'timm:NAME' or 'package.module:factory' (importable)"
+        raise TextcamError(
+            f"--model {spec}: cannot import {module_name!r} (module not found: {first_line(exc)}); run textcam from "
+            f"the folder that holds {top}.py, or set PYTHONPATH to that folder{hint}"
+        ) from None
+    except Exception as exc:  # the user's module failed while importing
+        raise TextcamError(
+            f"--model {spec}: importing {module_name!r} raised {type(exc).__name__}: {first_line(exc)}"
+        ) from None
 
 
 def _build(spec: str, factory, *args, **kwargs):

@@ -1,83 +1,150 @@
-"""Opening a bundle for reading: the manifest, checked against the files beside it."""
+"""Opening a bundle for reading: the typed manifest, and every file it names, checked.
+
+A :class:`Bundle` is the only way the runtime (and every backend) reaches a bundle's files: it
+resolves each name the manifest gives through :meth:`Bundle.file`, which accepts only a plain
+relative name inside the bundle (no absolute path, no ``..``, no symlink that leaves the
+directory), a regular file (no FIFO, device or directory), of the size the manifest records
+(never more than the cap for its kind) and with the recorded sha256. Nothing else joins paths
+from manifest strings.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from textcam.errors import TextcamError
-from textcam.runtime.bundle_files import MODEL_FILE, read_manifest, sha256_file
+from textcam.runtime.bundle_files import MANIFEST_FILE, read_manifest_text, sha256_file
+from textcam.runtime.manifest import FILE_CAPS, FileRef, InputSection, Manifest
 
-REQUIRED_KEYS = ("model", "input", "classes", "target_layer", "method", "graph")
+InputSpec = InputSection
+"""The graph input as preprocessing needs it (height, width, mean, std, resize policy, scale)."""
 
-
-@dataclass(frozen=True)
-class InputSpec:
-    height: int
-    width: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    resize: str  # "stretch" | "center_crop"
-    scale: float = 1 / 255
+_HINTS = {
+    "model": "re-run `textcam export`",
+    "semantics": "re-run `textcam semantics`",
+    "fused_graph": "re-run `textcam semantics`",
+    "selftest": "re-run `textcam export` (or `textcam semantics`)",
+    "engine": "rebuild it with `textcam build-engine`",
+    "engine_onnx": "rebuild it with `textcam build-engine`",
+}
+_WHAT = {
+    "model": "graph", "semantics": "semantics store", "fused_graph": "fused ranking graph",
+    "selftest": "self-test data", "engine": "TensorRT engine", "engine_onnx": "engine's reduced graph",
+}
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A validated bundle directory. ``Bundle.open(path)`` is the only way to make one."""
+    """A validated bundle directory: ``Bundle.open(path)``; its files through :meth:`file`."""
 
     path: Path
-    manifest: dict[str, Any]
-    input: InputSpec
-    classes: tuple[str, ...]
-
-    @property
-    def model_path(self) -> Path:
-        return self.path / MODEL_FILE
-
-    @property
-    def method(self) -> str:
-        return self.manifest["method"]
-
-    @property
-    def layer(self) -> str:
-        return self.manifest["target_layer"]["name"]
-
-    @property
-    def channels(self) -> int:
-        return int(self.manifest["target_layer"]["channels"])
+    info: Manifest
+    _checked: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def open(cls, path: str | Path, verify_checksum: bool = True) -> Bundle:
+        if path is None or not isinstance(path, (str, os.PathLike)):
+            raise TextcamError(f"bundle {path!r}: expected the path of a bundle directory (name.textcam)")
         path = Path(path)
-        manifest = read_manifest(path)
-        missing = [k for k in REQUIRED_KEYS if k not in manifest]
-        if missing:
-            raise TextcamError(f"{path / 'manifest.json'}: missing {', '.join(missing)}; re-export the bundle")
-        model = path / MODEL_FILE
-        if not model.is_file():
-            raise TextcamError(f"{model}: missing; the bundle is incomplete, re-run `textcam export`")
-        expected_size = manifest["model"].get("size_bytes")
-        if expected_size is not None and model.stat().st_size != expected_size:
-            raise TextcamError(
-                f"{model}: {model.stat().st_size} bytes, the manifest says {expected_size} "
-                "(truncated or replaced); re-run `textcam export`"
-            )
-        if verify_checksum and manifest["model"].get("sha256") not in (None, sha256_file(model)):
-            raise TextcamError(f"{model}: checksum differs from the manifest (file changed); re-run `textcam export`")
-        spec = manifest["input"]
+        manifest_path = path / MANIFEST_FILE
+        bundle = cls(path, Manifest.from_dict(read_manifest_text(manifest_path), str(manifest_path)))
+        if verify_checksum:
+            bundle.model_path  # noqa: B018 - resolves and checks model.onnx now, not at the first image
+        return bundle
+
+    @classmethod
+    def from_manifest(cls, path: str | Path, manifest: Manifest) -> Bundle:
+        """A bundle seen through a manifest that is not (yet) on disk, e.g. while an update is staged."""
+        return cls(Path(path), manifest)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as a plain dict (format version 2 layout), for display and JSON output."""
+        return self.info.to_dict()
+
+    # ---- files -------------------------------------------------------------------------------
+
+    def file(self, ref: FileRef, kind: str) -> Path:
+        """The checked path of a file the manifest names (see the module docstring); cached once checked."""
+        cached = self._checked.get(ref.file)
+        if cached is not None:
+            return cached
+        what, hint = _WHAT[kind], _HINTS[kind]
+        path = self.path / ref.file
+        root = os.path.realpath(self.path)
+        real = os.path.realpath(path)
+        if os.path.commonpath([root, real]) != root or real == root:
+            raise TextcamError(f"{path}: the {what} named in the manifest lies outside the bundle; {hint}")
         try:
-            input_spec = InputSpec(
-                height=int(spec["height"]),
-                width=int(spec["width"]),
-                mean=tuple(float(v) for v in spec["mean"]),
-                std=tuple(float(v) for v in spec["std"]),
-                resize=str(spec.get("resize", "stretch")),
-                scale=float(spec.get("scale", 1 / 255)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TextcamError(f"{path / 'manifest.json'}: bad input spec ({exc}); re-export the bundle") from None
-        classes = tuple(str(c) for c in manifest["classes"])
-        if len(classes) != int(manifest["model"].get("num_classes", len(classes))):
-            raise TextcamError(f"{path / 'manifest.json'}: class list and num_classes disagree; re-export")
-        return cls(path, manifest, input_spec, classes)
+            info = os.stat(real)
+        except FileNotFoundError:
+            raise TextcamError(f"{path}: the {what} named in the manifest is missing; {hint}") from None
+        except OSError as exc:
+            raise TextcamError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise TextcamError(f"{path}: the {what} is not a regular file; {hint}")
+        cap = FILE_CAPS[kind]
+        expected = ref.size_bytes
+        if info.st_size > cap or (expected is not None and info.st_size != expected):
+            said = f"the manifest says {expected:,}" if expected is not None else f"the limit is {cap:,}"
+            raise TextcamError(f"{path}: {info.st_size:,} bytes, {said} (truncated or replaced); {hint}")
+        if sha256_file(Path(real), limit=info.st_size) != ref.sha256:
+            raise TextcamError(f"{path}: checksum differs from the manifest (file changed); {hint}")
+        self._checked[ref.file] = path
+        return path
+
+    @property
+    def model_path(self) -> Path:
+        return self.file(self.info.model.graph, "model")
+
+    @property
+    def semantics_path(self) -> Path | None:
+        return self.file(self.info.semantics.store, "semantics") if self.info.semantics else None
+
+    @property
+    def fused_graph_path(self) -> Path | None:
+        return self.file(self.info.fused_graph.graph, "fused_graph") if self.info.fused_graph else None
+
+    @property
+    def selftest_path(self) -> Path | None:
+        return self.file(self.info.selftest.data, "selftest") if self.info.selftest else None
+
+    def engine_path(self, entry) -> Path:
+        """The checked ``.plan`` of one of ``info.engines``."""
+        return self.file(FileRef(entry.file, entry.sha256, entry.size_bytes), "engine")
+
+    def engine_onnx_path(self, entry) -> Path:
+        """The graph an engine was built from (``model.onnx`` or its reduced-precision copy)."""
+        if entry.onnx == self.info.model.graph.file or entry.onnx_sha256 is None:
+            return self.model_path
+        return self.file(FileRef(entry.onnx, entry.onnx_sha256, None), "engine_onnx")
+
+    # ---- the manifest's facts ----------------------------------------------------------------
+
+    @property
+    def input(self) -> InputSection:
+        return self.info.input
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.info.classes
+
+    @property
+    def method(self) -> str:
+        return self.info.method
+
+    @property
+    def layer(self) -> str:
+        return self.info.target_layer.name
+
+    @property
+    def channels(self) -> int:
+        return self.info.target_layer.channels
+
+    @property
+    def model_sha256(self) -> str:
+        return self.info.model.graph.sha256

@@ -30,6 +30,23 @@ Two decisions beyond the formula (both switchable, both to be confirmed by the q
   near-duplicates, and alpha collapses onto one phrase. Ranking and reported scores stay the plain
   cosines with q.
 
+Order of the phrases (``Explanation.concepts``, ``Selection.ids``): **selection order**. The
+phrases with alpha > 0 come first, by alpha descending (``Concept.weight`` is each one's share of
+the row's total alpha); the rest of top_k is filled by cosine descending (weight 0.0). Ties are
+broken explicitly: alpha, then cosine, then phrase id. Why not sort the list by score: the first
+phrase is what a reader (and the quality benchmark's hit@1) takes as *the* answer, and plain cosine
+order puts a near-duplicate or a co-occurring phrase first ("green background" above "green
+object"): hit@1 0.551 for plain ranking vs 1.000 for selection order (README, quality table). So
+a phrase with a lower score may be listed above a higher one; its weight says why.
+
+One ranking, whichever path ran it. The fused graph (:mod:`textcam.runtime.fused_ranking`) and
+:func:`rank` give the same candidates: the Explainer re-scores the graph's ``concept_ids`` from q
+here (:func:`cosines`, one computation for every path) and orders them by (cosine, id) like
+:func:`rank`; :func:`select_diverse` solves over the candidates sorted by phrase id, so equal
+candidate sets give bit-identical alpha. ``candidates >= V`` means all V phrases on both paths.
+The graph's own ``concept_ids`` order is the plain cosine ranking (the candidates), not the
+selection: a host that reads the graph alone and takes ``concept_ids[0]`` gets plain ranking.
+
 No BLAS: every product here is ``np.einsum`` (numpy's own single-threaded loops), never ``@``
 or LAPACK. The matrices are small, and OpenBLAS's worker threads, on a busy machine or next to
 ONNX Runtime's spinning threads in the same process, turned a 1 ms step into 30-50 ms per image
@@ -70,6 +87,18 @@ DEFAULT_L2 = 0.2
 DEFAULT_STEPS = 100
 DEFAULT_GROUP_CHANNELS = 64
 DEFAULT_GROUP_COVERAGE = 0.95
+MAX_STEPS = 10_000
+"""100x the default. 100 steps already reach the 5,000-step objective to ~1e-10 (module docstring),
+so more buys nothing; the cost is linear in steps (~0.1 ms per step and image at N = 64 on one
+core: 10,000 steps are about a second per image), and a manifest asking for 10**9 would never return."""
+MAX_CANDIDATES = 4_096
+"""The solver holds an [N, N] Gram matrix per image (4,096**2 float64 = 128 MiB) and each step costs N**2."""
+MAX_TOP_K = 256
+MAX_GROUP_CHANNELS = 65_536
+MAX_L1 = 10.0
+"""l1 is relative to the best cosine: from l1 = 1 on every alpha is 0 (plain ranking); 10 leaves room."""
+MAX_L2 = 10.0
+"""l2 >= 0.5 already merges distinct concepts (module docstring); larger values only mean a typo."""
 NORMALIZE_EPS = 1e-7  # the map normalization of the joint graph (pytorch-grad-cam's)
 _TINY = 1e-12
 
@@ -80,7 +109,10 @@ class Selection(NamedTuple):
     scores: np.ndarray
     """float32 [B, top_k]: each phrase's cosine with q."""
     alpha: np.ndarray
-    """float64 [B, N]: the solver's weights over the candidates (in candidate order)."""
+    """float64 [B, N]: the solver's weights over the candidates (in the order they were passed)."""
+    weights: np.ndarray
+    """float64 [B, top_k]: each listed phrase's share of the row's total alpha; 0.0 for phrases listed
+    after the selected ones to fill top_k (see the module docstring, "Order")."""
 
 
 @dataclass(frozen=True)
@@ -107,21 +139,27 @@ class ConceptSettings:
         return settings
 
     def check(self) -> None:
-        if self.beta not in BETA_MODES:
-            raise TextcamError(f"beta {self.beta!r}: choose one of {', '.join(BETA_MODES)}")
-        for name in ("top_k", "candidates", "group_channels"):
+        """One-line TextcamError naming the setting and its limit for any value out of range or of the wrong type."""
+        if not isinstance(self.beta, str) or self.beta not in BETA_MODES:
+            raise TextcamError(f"beta={self.beta!r}: choose one of {', '.join(BETA_MODES)}")
+        limits = (("top_k", 1, MAX_TOP_K), ("candidates", 1, MAX_CANDIDATES), ("steps", 0, MAX_STEPS),
+                  ("group_channels", 1, MAX_GROUP_CHANNELS))
+        for name, low, high in limits:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise TextcamError(f"{name}={value!r}: expected a positive integer")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, (int, np.integer)) or self.steps < 0:
-            raise TextcamError(f"steps={self.steps!r}: expected an integer >= 0")
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+                    or not low <= value <= high:
+                raise TextcamError(f"{name}={value!r}: expected an integer from {low} to {high:,}")
+        if self.top_k > self.candidates:
+            raise TextcamError(
+                f"top_k={self.top_k}: expected at most candidates={self.candidates} (the phrases are chosen among them)"
+            )
         if not isinstance(self.center, (bool, np.bool_)):
             raise TextcamError(f"center={self.center!r}: expected true or false")
-        for name in ("l1", "l2"):
+        for name, high in (("l1", MAX_L1), ("l2", MAX_L2)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not value >= 0 \
-                    or not np.isfinite(value):
-                raise TextcamError(f"{name}={value!r}: expected a number >= 0")
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(value) or not 0 <= value <= high:
+                raise TextcamError(f"{name}={value!r}: expected a finite number from 0 to {high:g}")
 
 
 def beta_weights(weights: np.ndarray, activation: np.ndarray, mode: str = DEFAULT_BETA) -> np.ndarray:
@@ -138,27 +176,62 @@ def aggregate(
 ) -> np.ndarray:
     """q [B, D]: the images' evidence as unit directions in CLIP space, normalize(beta @ S).
 
-    A row whose beta is all zero (nothing contributed) gives q = 0, hence cosines 0.
+    A row whose beta is all zero (nothing contributed) gives q = 0, hence cosines 0. NaN or Inf
+    in the graph's outputs raise a TextcamError naming the image row (they would otherwise turn
+    every cosine into NaN and the ranking into an arbitrary order).
     """
+    weights, activation = np.atleast_2d(weights), np.atleast_2d(activation)
+    _check_finite(weights, "channel weights (channel_weights)")
+    if mode == "contribution":
+        _check_finite(activation, "channel activations (channel_activation)")
     beta = np.atleast_2d(beta_weights(weights, activation, mode))
     q = np.einsum("bc,cd->bd", beta, np.asarray(S, dtype=np.float32))
+    _check_finite(q, "an evidence direction beta @ S that overflowed float32 (channel weights too large)")
     norms = np.linalg.norm(q, axis=1, keepdims=True)
     return (q / np.maximum(norms, _TINY)).astype(np.float32, copy=False)
 
 
-def rank(q: np.ndarray, T: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The n phrases closest to each q: ids int64 [B, n] and cosines float32 [B, n], best first."""
-    scores = np.einsum("bd,vd->bv", np.atleast_2d(q), np.asarray(T, dtype=np.float32))
-    n = max(1, min(int(n), scores.shape[1]))
-    if n < scores.shape[1]:
-        part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-        part.sort(axis=1)  # equal scores come out by id, whatever argpartition's order
+def _check_finite(values: np.ndarray, what: str) -> None:
+    finite = np.isfinite(values)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.reshape(len(values), -1).all(axis=1))
+        more = f" (and {rows.size - 1} more)" if rows.size > 1 else ""
+        raise TextcamError(
+            f"the graph produced non-finite {what} for image row {int(rows[0])}{more} of the batch: NaN or Inf, "
+            "so no phrase can be ranked; check that image's input values and the exported model"
+        )
+
+
+def cosines(q: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """float32 [B, V]: every phrase's cosine with q, computed one way for every path (so equal inputs give
+    bit-identical scores whichever path asks)."""
+    return np.einsum("bd,vd->bv", np.atleast_2d(np.asarray(q, dtype=np.float32)), np.asarray(T, dtype=np.float32))
+
+
+def rank(
+    q: np.ndarray, T: np.ndarray, n: int, among: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The n phrases closest to each q: ids int64 [B, n] and cosines float32 [B, n], best first.
+
+    Order: cosine descending, equal cosines by phrase id ascending (explicit, whatever the sort
+    algorithm). ``n >= V`` means all V phrases. ``among`` [B, M] restricts the choice to those
+    phrase ids (e.g. the fused graph's ``concept_ids``), re-scored here from q: when ``among``
+    holds the numpy top n, the result is identical to ranking over the whole vocabulary.
+    """
+    scores = cosines(q, T)
+    if among is None:
+        ids = np.broadcast_to(np.arange(scores.shape[1], dtype=np.int64), scores.shape)
     else:
-        part = np.broadcast_to(np.arange(n), scores.shape).copy()
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
-    return ids, np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
+        ids = np.atleast_2d(np.asarray(among, dtype=np.int64))
+        scores = np.take_along_axis(scores, ids, axis=1)
+    n = max(1, min(int(n), ids.shape[1]))
+    order = _score_order(scores, ids)[:, :n]
+    return np.take_along_axis(ids, order, axis=1).copy(), np.take_along_axis(scores, order, axis=1)
+
+
+def _score_order(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per row, the positions sorted by score descending, then id ascending."""
+    return np.lexsort((np.broadcast_to(ids, scores.shape), -np.asarray(scores, dtype=np.float64)), axis=-1)
 
 
 def objective(alpha: np.ndarray, b: np.ndarray, G: np.ndarray, l1: float, l2: float) -> np.ndarray:
@@ -230,8 +303,11 @@ def select_diverse(
 ) -> Selection:
     """The top_k phrases by the diverse-selection weights alpha (DESIGN 4.7).
 
-    ``candidate_ids`` [B, N] come from :func:`rank` (or the fused graph's ``concept_ids``), best
-    first; ``candidate_scores`` are their cosines with q (computed from q when not given).
+    ``candidate_ids`` [B, N] come from :func:`rank` (or the fused graph's ``concept_ids``), in any
+    order: the result depends only on the set (the solver always sees the candidates sorted by
+    phrase id, so the same set gives bit-identical alpha however it arrived). With ``q``, every
+    score is computed here from q (:func:`cosines`) and ``candidate_scores`` is ignored; without q
+    (only with ``center=False``) ``candidate_scores`` are the cosines.
     ``l1`` is relative to each row's best cosine (see the module docstring).
 
     ``center``: solve over the candidates' directions relative to the vocabulary mean (True: the
@@ -239,20 +315,27 @@ def select_diverse(
     it, CLIP's common text component makes the l2 term punish every pair and alpha collapses onto
     one phrase (module docstring). Centering needs q.
 
-    Phrases with alpha > 0 come first, by alpha; the rest of top_k is filled in ranking order, so
-    top_k is always filled (when N >= top_k). The reported scores are the plain cosines with q.
+    Order (module docstring, "Order"): phrases with alpha > 0 first, by alpha descending; then, to
+    fill top_k, the others by cosine descending; ties by cosine, then phrase id. ``weights`` gives
+    each listed phrase's alpha share (0.0 for fill-ins). The reported scores are the plain cosines.
     """
     T = np.asarray(T, dtype=np.float32)
-    ids = np.atleast_2d(np.asarray(candidate_ids, dtype=np.int64))
+    given = np.atleast_2d(np.asarray(candidate_ids, dtype=np.int64))
+    if given.size and (given.min() < 0 or given.max() >= len(T)):
+        raise TextcamError(f"select_diverse: candidate ids outside the vocabulary (0..{len(T) - 1})")
+    # canonical candidate order: by phrase id, so the solver is fed identically whatever the source
+    canonical = np.argsort(given, axis=1, kind="stable")
+    ids = np.take_along_axis(given, canonical, axis=1)
     E = T[ids]  # [B, N, D]
     if q is not None:
         q = np.atleast_2d(q).astype(np.float32)
-    if candidate_scores is None:
-        if q is None:
-            raise TextcamError("select_diverse: pass q or candidate_scores")
-        scores = np.einsum("bnd,bd->bn", E, q)
+        scores = np.take_along_axis(cosines(q, T), ids, axis=1)
+    elif candidate_scores is None:
+        raise TextcamError("select_diverse: pass q or candidate_scores")
     else:
-        scores = np.atleast_2d(np.asarray(candidate_scores, dtype=np.float64))
+        scores = np.take_along_axis(np.atleast_2d(np.asarray(candidate_scores, dtype=np.float32)), canonical, axis=1)
+    if not np.isfinite(scores).all():
+        raise TextcamError("select_diverse: non-finite candidate scores (NaN or Inf); no phrase can be ranked")
     if isinstance(center, (bool, np.bool_)) or center is None:
         mean = T.mean(axis=0) if center else None
     else:
@@ -267,17 +350,22 @@ def select_diverse(
         b = scores
     b = b.astype(np.float64)
     G = np.einsum("bnd,bmd->bnm", E, E).astype(np.float64)
-    best = np.maximum(b.max(axis=1), _TINY)
+    best = np.maximum(b.max(axis=1), _TINY) if b.size else np.zeros(len(b))
     alpha = solve_nonnegative(b, G, l1 * best, l2, steps)
     n = ids.shape[1]
-    position = np.arange(n)
     chosen = alpha > 0
-    key = np.where(chosen, alpha, -1.0 - position / n)  # chosen by alpha, then candidate order
-    order = np.argsort(-key, axis=1, kind="stable")[:, : max(1, min(int(top_k), n))]
+    # explicit keys, last is primary: chosen first, by alpha; then by cosine; then by phrase id
+    order = np.lexsort((ids, -scores.astype(np.float64), -np.where(chosen, alpha, 0.0), ~chosen), axis=-1)
+    order = order[:, : max(1, min(int(top_k), n))]
+    total = alpha.sum(axis=1, keepdims=True)
+    shares = np.where(chosen, alpha / np.maximum(total, _TINY), 0.0)
+    in_given_order = np.empty_like(alpha)
+    np.put_along_axis(in_given_order, canonical, alpha, axis=1)
     return Selection(
         np.take_along_axis(ids, order, axis=1),
         np.take_along_axis(scores, order, axis=1).astype(np.float32),
-        alpha,
+        in_given_order,
+        np.take_along_axis(shares, order, axis=1),
     )
 
 

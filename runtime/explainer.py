@@ -12,12 +12,14 @@ from textcam.errors import TextcamError
 from textcam.runtime import concepts
 from textcam.runtime.backends import ONNXRUNTIME_BACKENDS, check_backend, create_runner
 from textcam.runtime.bundle import Bundle
-from textcam.runtime.bundle_files import sha256_file
 from textcam.runtime.explanation import Concept, Explanation, map_to_original, softmax
 from textcam.runtime.images import DEFAULT_MAX_PIXELS, Geometry, array_to_image, load_image, preprocess
-from textcam.runtime.semantics_file import STORE_FILE, SemanticsStore, read_store
+from textcam.runtime.output_checks import check_outputs
+from textcam.runtime.semantics_file import SemanticsStore, read_store
 
 ImageInput = str | Path | Image.Image | np.ndarray
+MAX_BATCH_SIZE = 4096
+"""Images per graph call; beyond this one call's buffers (4096 x 3 x 224 x 224 floats = 2.5 GB) swamp a host."""
 
 
 class Explainer:
@@ -72,8 +74,9 @@ class Explainer:
         backend_options: Mapping[str, object] | None = None,
     ):
         check_backend(backend)  # fail in one line before loading anything
-        if batch_size < 1:
-            raise TextcamError(f"batch_size={batch_size}: expected a positive number")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise TextcamError(f"batch_size={batch_size!r}: expected an integer from 1 to {MAX_BATCH_SIZE}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
@@ -85,12 +88,14 @@ class Explainer:
         )
         self._vocabulary_mean = self.semantics.text_embeddings.mean(axis=0) if self.semantics else None
         graph = self.bundle
-        fused = (spec or {}).get("fused_graph")
-        # the fused graph ranks with one beta mode and up to its own N; other settings rank here
+        fused = self.bundle.manifest.get("fused_graph")
+        # the fused graph ranks with one beta mode and up to its own N (capped at V: N >= V means all
+        # phrases on both paths); other settings rank here
         if (self.semantics and fused and use_fused and backend == "onnxruntime"
                 and fused.get("beta", self.concept_settings.beta) == self.concept_settings.beta
-                and self.concept_settings.candidates <= int(fused.get("candidates", 0))):
-            graph = _FusedGraph(self.bundle, _checked_file(self.bundle, fused, "fused graph"))
+                and int(fused.get("candidates", 0))
+                >= min(self.concept_settings.candidates, len(self.semantics.phrases))):
+            graph = _FusedGraph(self.bundle, self.bundle.fused_graph_path)
         self.fused = graph is not self.bundle
         options = _runner_options(backend, providers, intra_op_threads, allow_spinning, backend_options)
         self.backend = backend
@@ -228,13 +233,14 @@ class Explainer:
         for start in range(0, len(batch), self.batch_size):
             stop = start + self.batch_size
             outputs = self.runner.run(batch[start:stop], classes[start:stop])
+            check_outputs(self.bundle, outputs, len(batch[start:stop]))
             probabilities = softmax(outputs["logits"].astype(np.float64))
             selection = self._select(outputs) if self.semantics else None
             for row, chosen in enumerate(outputs["class_index"]):
                 chosen = int(chosen)
                 found = [] if selection is None else [
-                    Concept(self.semantics.phrases[int(i)], float(s))
-                    for i, s in zip(selection.ids[row], selection.scores[row], strict=True)
+                    Concept(self.semantics.phrases[int(i)], float(s), weight=float(wt))
+                    for i, s, wt in zip(selection.ids[row], selection.scores[row], selection.weights[row], strict=True)
                 ]
                 results.append(
                     Explanation(
@@ -253,20 +259,20 @@ class Explainer:
         return results
 
     def _select(self, outputs: dict[str, np.ndarray]) -> concepts.Selection:
-        """Candidates (from the fused graph, or ranked here) and the diverse top_k, for a whole batch."""
+        """Candidates (from the fused graph, or ranked here) and the diverse top_k, for a whole batch.
+
+        Both paths compute q and every score here, so the fused graph only narrows down which
+        phrases are scored: its ``concept_ids`` are re-ranked by (cosine, id) exactly as
+        :func:`concepts.rank` ranks, and the selection is the same whichever path ran.
+        """
         settings, store = self.concept_settings, self.semantics
-        q = None
-        if settings.center or "concept_ids" not in outputs:
-            q = concepts.aggregate(outputs["channel_weights"], outputs["channel_activation"],
-                                   store.channel_semantics, settings.beta)
-        if "concept_ids" in outputs:
-            ids = outputs["concept_ids"][:, : settings.candidates]
-            scores = outputs["concept_scores"][:, : settings.candidates]
-        else:
-            ids, scores = concepts.rank(q, store.text_embeddings, settings.candidates)
+        q = concepts.aggregate(outputs["channel_weights"], outputs["channel_activation"],
+                               store.channel_semantics, settings.beta)
+        among = outputs.get("concept_ids")
+        ids, _scores = concepts.rank(q, store.text_embeddings, settings.candidates, among=among)
         return concepts.select_diverse(
             q, store.text_embeddings, ids, settings.l1, settings.l2, settings.steps, settings.top_k,
-            candidate_scores=scores, center=self._vocabulary_mean if settings.center else False,
+            center=self._vocabulary_mean if settings.center else False,
         )
 
     def _groups(self, outputs, row: int, selection: concepts.Selection, geometry):
@@ -310,17 +316,5 @@ class _FusedGraph:
         return getattr(self._bundle, name)
 
 
-def _checked_file(bundle: Bundle, entry: dict, what: str) -> Path:
-    path = bundle.path / entry.get("file", "")
-    if not entry.get("file") or not path.is_file():
-        raise TextcamError(f"{path}: the {what} named in the manifest is missing; re-run `textcam semantics`")
-    if entry.get("sha256") not in (None, sha256_file(path)):
-        raise TextcamError(f"{path}: checksum differs from the manifest (file changed); re-run `textcam semantics`")
-    return path
-
-
 def _load_store(bundle: Bundle, spec: dict) -> SemanticsStore:
-    if not isinstance(spec, dict):
-        raise TextcamError(f"{bundle.path / 'manifest.json'}: bad 'semantics' entry; re-run `textcam semantics`")
-    path = _checked_file(bundle, {**spec, "file": spec.get("file") or STORE_FILE}, "semantics store")
-    return read_store(path, model_sha256=bundle.manifest["model"].get("sha256"), channels=bundle.channels)
+    return read_store(bundle.semantics_path, model_sha256=bundle.model_sha256, channels=bundle.channels)

@@ -19,6 +19,10 @@ class Concept:
 
     phrase: str
     score: float
+    """The phrase's cosine with the image's evidence direction q (plain ranking score)."""
+    weight: float = 0.0
+    """Its share of the diverse-selection weights alpha (the list's order); 0.0 for a phrase listed
+    after the selected ones only to fill top_k."""
 
 
 @dataclass
@@ -58,7 +62,9 @@ class Explanation:
     source: str | None = None
     """The file the image came from, when it came from a file."""
     concepts: list[Concept] = field(default_factory=list)
-    """Top phrases for the evidence; empty until the bundle carries channel semantics."""
+    """Top phrases for the evidence; empty until the bundle carries channel semantics. In selection
+    order, not score order: the phrases the diverse selection chose, by ``weight`` (alpha share)
+    descending, then fill-ins (weight 0.0) by ``score`` descending; see :mod:`textcam.runtime.concepts`."""
     groups: list[Group] = field(default_factory=list)
     """The map split by phrase; filled by ``explain(..., groups=True)``."""
 
@@ -71,7 +77,8 @@ class Explanation:
             "score": float(self.score),
             "heatmap_shape": list(self.heatmap.shape),
             "heatmap_peak_xy": list(self.peak()),
-            "concepts": [{"phrase": c.phrase, "score": float(c.score)} for c in self.concepts],
+            "concepts": [{"phrase": c.phrase, "score": float(c.score), "weight": float(c.weight)}
+                         for c in self.concepts],
             "groups": [g.to_dict() for g in self.groups],
             "logits": [float(v) for v in self.logits],
         }

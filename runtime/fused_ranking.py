@@ -16,6 +16,14 @@ MatMul, ReduceL2, Max, Div, TopK), in the graph's own opset.
 The same numbers in numpy: :func:`textcam.runtime.concepts.aggregate` then
 :func:`~textcam.runtime.concepts.rank` (the runtime uses this graph, when the bundle has one, only
 to obtain the candidates).
+
+``concept_ids`` are the *candidates* in plain cosine order (TopK: ties by lower id, as
+:func:`~textcam.runtime.concepts.rank`), not the phrases an explanation lists: those come from the
+diverse selection over these candidates, in selection order (see :mod:`textcam.runtime.concepts`,
+"Order"), so ``concept_ids[0]`` is not always ``Explanation.concepts[0]`` ("green background"
+ranks above "green object" where selection lists "green object" first). The Explainer uses the
+graph whenever its N >= min(requested candidates, V) and its beta matches, and re-scores the
+candidates from q in numpy, so the listed phrases are identical with or without the graph.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import numpy as np
 
 from textcam.errors import TextcamError, first_line
 from textcam.runtime.bundle_files import write_file_atomic
-from textcam.runtime.concepts import BETA_MODES
+from textcam.runtime.concepts import BETA_MODES, MAX_CANDIDATES
 
 FUSED_FILE = "model.semantics.onnx"
 OUTPUTS = ("concept_ids", "concept_scores")
@@ -46,7 +54,8 @@ def fuse_ranking(
     """Write ``out_path``: the joint graph at ``model_path`` plus the ranking outputs.
 
     ``S`` [C, D] channel semantics and ``T`` [V, D] text embeddings (unit rows, as in the store;
-    stored in the graph as float32). ``candidates`` N is capped at V. Returns the entry for
+    stored in the graph as float32). ``candidates`` N (1 to ``MAX_CANDIDATES``) is capped at V
+    (N >= V: all phrases, which the runtime treats like any larger request). Returns the entry for
     ``manifest["semantics"]["fused_graph"]``: {"file", "sha256", "candidates", "beta"}.
     """
     import onnx
@@ -58,8 +67,9 @@ def fuse_ranking(
     T = np.ascontiguousarray(T, dtype=np.float32)
     if S.ndim != 2 or T.ndim != 2 or S.shape[1] != T.shape[1]:
         raise TextcamError(f"fuse_ranking: channel semantics {S.shape} and text embeddings {T.shape} do not fit")
-    if int(candidates) < 1:
-        raise TextcamError(f"candidates={candidates}: expected a positive number")
+    if isinstance(candidates, (bool, np.bool_)) or not isinstance(candidates, (int, np.integer)) \
+            or not 1 <= candidates <= MAX_CANDIDATES:
+        raise TextcamError(f"candidates={candidates!r}: expected an integer from 1 to {MAX_CANDIDATES:,}")
     count = min(int(candidates), T.shape[0])
     try:
         model = onnx.load(str(model_path))

@@ -59,13 +59,15 @@ def _item_html(item: ReportItem) -> str:
     heat = Image.fromarray(colorize(result.heatmap))
     pictures = [_picture(image, "image"), _picture(heat, "heatmap"), _picture(result.overlay(image), "overlay")]
     pictures += [_picture(g.overlay(image), f"{g.phrase} ({g.share:.0%})") for g in result.groups]
-    phrases = "".join(f"<li>{html.escape(c.phrase)} <span class=score>{c.score:.3f}</span></li>"
-                      for c in result.concepts)
+    # Explanation.concepts is in selection order (weight = alpha share), not sorted by score
+    phrases = "".join(f"<li>{html.escape(c.phrase)} <span class=score>score {c.score:.3f}, "
+                      f"weight {c.weight:.2f}</span></li>" for c in result.concepts)
     note = f"<p class=note>{html.escape(item.note)}</p>" if item.note else ""
     return (
         f"<section><h2>{html.escape(item.name)}</h2>{note}"
         f"<p><b>{html.escape(result.label)}</b> (p = {result.score:.3f})</p>"
-        + (f"<ol class=phrases>{phrases}</ol>" if phrases else "<p class=note>no semantics in this bundle</p>")
+        + ("<p class=note>phrases in order of selection weight (fill-ins, weight 0, by score)</p>"
+           f"<ol class=phrases>{phrases}</ol>" if phrases else "<p class=note>no semantics in this bundle</p>")
         + f'<div class=row>{"".join(pictures)}</div></section>'
     )
 

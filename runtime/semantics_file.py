@@ -94,14 +94,18 @@ def read_store(path: Path, model_sha256: str | None = None, channels: int | None
         ) from None
     if metadata.get("format") != STORE_FORMAT:
         raise TextcamError(f"{path}: not a textcam semantics store")
-    if int(metadata.get("format_version", "0")) > STORE_VERSION:
+    version = metadata.get("format_version", "0")
+    if not version.isdigit() or int(version) > STORE_VERSION:
         raise TextcamError(f"{path}: store format {metadata['format_version']} is newer than this textcam; upgrade")
     if "channel_semantics" not in arrays or "text_embeddings" not in arrays:
         raise TextcamError(f"{path}: lacks channel_semantics or text_embeddings; re-run `textcam semantics`")
     try:
-        phrases = tuple(json.loads(metadata["phrases"]))
+        phrases = json.loads(metadata["phrases"])
+        if not isinstance(phrases, list):
+            raise ValueError("phrases is not a list")
+        phrases = tuple(phrases)
         parsed = {k: json.loads(metadata[k]) for k in JSON_KEYS if k in metadata}
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
         raise TextcamError(f"{path}: damaged metadata ({exc}); re-run `textcam semantics`") from None
     semantics = arrays["channel_semantics"].astype(np.float32)
     text = arrays["text_embeddings"].astype(np.float32)
@@ -130,3 +134,8 @@ def _check_shapes(semantics: np.ndarray, text: np.ndarray, phrases, where: str) 
         )
     if text.shape[0] != len(phrases):
         raise TextcamError(f"{where}: {text.shape[0]} text embeddings for {len(phrases)} phrases")
+    if not all(isinstance(p, str) and p for p in phrases):
+        raise TextcamError(f"{where}: phrases must be non-empty strings; re-run `textcam semantics`")
+    for name, array in (("channel_semantics", semantics), ("text_embeddings", text)):
+        if array.size == 0 or not np.isfinite(array).all():
+            raise TextcamError(f"{where}: {name} is empty or holds NaN/Inf values; re-run `textcam semantics`")

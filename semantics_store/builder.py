@@ -23,11 +23,11 @@ from tqdm import tqdm
 from textcam.errors import TextcamError
 from textcam.runtime.backends import create_runner
 from textcam.runtime.bundle import Bundle
-from textcam.runtime.bundle_files import read_manifest, sha256_file, write_manifest
 from textcam.runtime.concepts import ConceptSettings
-from textcam.runtime.fused_ranking import FUSED_FILE, fuse_ranking
+from textcam.runtime.fused_ranking import fuse_ranking
 from textcam.runtime.images import load_image
-from textcam.runtime.semantics_file import STORE_FILE, SemanticsStore, read_store, write_store
+from textcam.runtime.manifest import FusedGraphSection, SemanticsSection
+from textcam.runtime.semantics_file import SemanticsStore, read_store, store_bytes
 from textcam.semantics_store.clip_encoder import ClipEncoder
 from textcam.semantics_store.embedding_cache import EmbeddingCache, file_hash
 from textcam.semantics_store.lda import LDA_MODES, channel_directions
@@ -71,11 +71,13 @@ def build_semantics(
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
     probe_description: str | None = None,
+    checkpoint: Callable[[str], None] | None = None,
 ) -> BuildReport:
     """Compute channel semantics for a bundle and write them into it. See the module docstring.
 
     ``probe_description`` is recorded in the store instead of the probe's path (for a temporary
-    or generated probe set, say what it was).
+    or generated probe set, say what it was). ``checkpoint`` is for failure-injection tests (see
+    :func:`textcam.runtime.bundle_update.update_bundle`).
     """
     log = log or (lambda message: print(message, file=sys.stderr))
     if lda not in LDA_MODES:
@@ -134,32 +136,14 @@ def build_semantics(
         )
 
     start = time.perf_counter()
-    model_sha = sha256_file(bundle.model_path)
     metadata = {
         "templates": prompt_templates,
         "lda": {"mode": lda, "M": m, "tie_break_seed": 0},
         "probe": {"source": probe_description or str(probe), "images": len(kept), "skipped": len(failed)},
         "vocabulary_sources": ",".join(vocabulary.sources),
     }
-    store = SemanticsStore(directions, text, tuple(vocabulary.phrases), model_sha, clip.model_id, metadata)
-    store_path = write_store(bundle.path, store)
-    entry = {
-        "file": STORE_FILE,
-        "sha256": sha256_file(store_path),
-        "channels": int(directions.shape[0]),
-        "dim": int(directions.shape[1]),
-        "vocabulary_size": len(vocabulary.phrases),
-        "clip_model": clip.model_id,
-        "lda": lda,
-        "m": m,
-    }
-    settings = ConceptSettings()
-    entry["fused_graph"] = _fuse(bundle, store_path, settings) if fuse else None
-    if not fuse:
-        (bundle.path / FUSED_FILE).unlink(missing_ok=True)  # a stale fused graph would not match
-    manifest = read_manifest(bundle.path)
-    manifest["semantics"] = {**entry, "defaults": asdict(settings)}
-    write_manifest(bundle.path, manifest)
+    store = SemanticsStore(directions, text, tuple(vocabulary.phrases), bundle.model_sha256, clip.model_id, metadata)
+    store_path = write_semantics(bundle, store, lda, m, fuse, checkpoint)
     seconds["write"] = time.perf_counter() - start
     for path, message in failed:
         log(f"  skipped {path}: {message}")
@@ -184,8 +168,44 @@ def _embed_images(clip: ClipEncoder, paths: list[Path], cache_dir, batch_size: i
     return np.stack(result).astype(np.float32)
 
 
-def _fuse(bundle: Bundle, store_path: Path, settings: ConceptSettings) -> dict:
+def write_semantics(bundle: Bundle, store: SemanticsStore, lda: str, m: int, fuse: bool = True,
+                    checkpoint: Callable[[str], None] | None = None) -> Path:
+    """Put ``store`` (and its fused ranking graph and a refreshed self-test) into the bundle, atomically.
+
+    The new files are staged under fresh names and the manifest switches last
+    (:mod:`textcam.runtime.bundle_update`): a failure at any point leaves the old semantics in use.
+    Returns the new store's path.
+    """
+    from textcam.runtime.bundle_update import update_bundle
+
+    settings = ConceptSettings()
+    with update_bundle(bundle.path, **({"checkpoint": checkpoint} if checkpoint else {})) as update:
+        store_ref = update.add_bytes("semantics", ".safetensors", store_bytes(store))
+        section = SemanticsSection(store_ref, int(store.channels), int(store.dim), len(store.phrases),
+                                   store.clip_model, lda, m, asdict(settings))
+        fused = None
+        if fuse:
+            staged = update.staging_path("model.semantics", ".onnx")
+            entry = _fuse(update.bundle, update.path / store_ref.file, settings, staged)
+            fused = FusedGraphSection(update.adopt(staged, "model.semantics", ".onnx"), entry["candidates"],
+                                      entry["beta"])
+        update.manifest = update.manifest.replace(semantics=section, fused_graph=fused)
+        refresh_selftest(update)
+    return update.path / store_ref.file
+
+
+def refresh_selftest(update) -> None:
+    """Rewrite the bundle's self-test for the staged manifest (its expected outputs change with semantics)."""
+    from textcam.runtime.manifest import SelftestSection
+    from textcam.runtime.selftest import build_selftest
+
+    data, fields = build_selftest(Bundle.from_manifest(update.path, update.manifest))
+    update.manifest = update.manifest.replace(
+        selftest=SelftestSection(update.add_bytes("selftest", ".safetensors", data), **fields))
+
+
+def _fuse(bundle: Bundle, store_path: Path, settings: ConceptSettings, out_path: Path) -> dict:
     # the arrays as the runtime will read them (fp16-rounded), so graph and numpy rank alike
     stored = read_store(store_path)
-    return fuse_ranking(bundle.model_path, bundle.path / FUSED_FILE, stored.channel_semantics,
+    return fuse_ranking(bundle.model_path, out_path, stored.channel_semantics,
                         stored.text_embeddings, settings.beta, settings.candidates)

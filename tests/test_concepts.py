@@ -27,18 +27,10 @@ from textcam.runtime.concepts import (
     solve_nonnegative,
 )
 from textcam.runtime.fused_ranking import FUSED_FILE, fuse_ranking
-from textcam.runtime.semantics_file import STORE_FILE, SemanticsStore, write_store
+from textcam.runtime.semantics_file import STORE_FILE
 
-CLASSES = ["circle", "square", "triangle", "star", "cross"]
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def random_unit(rng, *shape) -> np.ndarray:
-    return unit(rng.standard_normal(shape)).astype(np.float32)
-
+sys.path.insert(0, str(Path(__file__).parent))
+from semantics_helpers import CLASSES, add_semantics, make_store, random_batch, random_unit, unit
 
 # ---------------------------------------------------------------------------------------------
 # numpy core
@@ -226,48 +218,12 @@ def act_bundle(tmp_path_factory):
                          class_names=CLASSES, with_activations=True)
 
 
-def make_store(channels=512, dim=32, vocabulary=60, seed=0, model_sha256=""):
-    rng = np.random.default_rng(seed)
-    return SemanticsStore(
-        channel_semantics=random_unit(rng, channels, dim),
-        text_embeddings=random_unit(rng, vocabulary, dim),
-        phrases=tuple(f"phrase {i}" for i in range(vocabulary)),
-        model_sha256=model_sha256,
-        clip_model="test-clip",
-    )
-
-
-def add_semantics(bundle: Path, store: SemanticsStore, fused_candidates: int | None = 24, defaults=None) -> Path:
-    """Write the store (and optionally the fused graph) and record them in the manifest."""
-    manifest = read_manifest(bundle)
-    path = write_store(bundle, store)
-    entry = {
-        "file": STORE_FILE, "sha256": sha256_file(path), "channels": store.channels, "dim": store.dim,
-        "vocabulary_size": len(store.phrases), "clip_model": store.clip_model, "fused_graph": None,
-        "defaults": defaults or {"beta": "contribution", "top_k": 4, "candidates": 16, "l1": 0.3, "l2": 0.2,
-                                 "steps": 100},
-    }
-    if fused_candidates:
-        # what is fused is what the store holds: fp16 values
-        entry["fused_graph"] = fuse_ranking(bundle / "model.onnx", bundle / FUSED_FILE,
-                                            store.channel_semantics.astype(np.float16).astype(np.float32),
-                                            store.text_embeddings.astype(np.float16).astype(np.float32),
-                                            entry["defaults"]["beta"], fused_candidates)
-    manifest["semantics"] = entry
-    write_manifest(bundle, manifest)
-    return bundle
-
-
 @pytest.fixture(scope="module")
 def semantic_bundle(act_bundle, tmp_path_factory):
     bundle = tmp_path_factory.mktemp("semantic") / "b.textcam"
     shutil.copytree(act_bundle, bundle)
     sha = read_manifest(bundle)["model"]["sha256"]
     return add_semantics(bundle, make_store(model_sha256=sha))
-
-
-def random_batch(seed, count=3):
-    return np.random.default_rng(seed).standard_normal((count, 3, 64, 64)).astype(np.float32)
 
 
 def test_numpy_map_pipeline_reproduces_the_graph_cam(act_bundle):

@@ -26,7 +26,7 @@ import numpy as np
 from textcam.errors import TextcamError
 from textcam.runtime.backends.base import GraphRunner
 from textcam.runtime.backends.cuda_memory import DeviceMemory, GpuInfo, open_device_memory
-from textcam.runtime.engines import BatchProfile, EngineEntry, choose_engine, engine_file, rebuild_command
+from textcam.runtime.engines import BatchProfile, EngineEntry, choose_engine, rebuild_command
 
 
 def import_tensorrt():
@@ -267,7 +267,7 @@ class TensorRTRunner(GraphRunner):
                     f"TensorRT {entry.tensorrt}; this machine has sm{self.gpu.compute_capability.replace('.', '')} "
                     f"({self.gpu.name}) with TensorRT {version}; rebuild with `{hint}`"
                 )
-            self.entry, path = entry, engine_file(bundle.path, entry, verify_checksum)
+            self.entry, path = entry, bundle.engine_path(entry)  # checked: confined, size, sha256
         self.pool = EnginePool(path.read_bytes(), self.memory, contexts, cuda_graph_batch, str(path), hint)
         expected_inputs = [i["name"] for i in bundle.manifest["graph"]["inputs"]]
         expected_outputs = [o["name"] for o in bundle.manifest["graph"]["outputs"]]

@@ -7,6 +7,9 @@ and exit status 1; usage errors exit 2 (click's convention).
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import sys
 
 import click
@@ -18,20 +21,67 @@ from textcam.cli.demo_cmd import demo_command
 from textcam.cli.explain_cmd import explain_command
 from textcam.cli.export_cmd import export_command
 from textcam.cli.info_cmd import info_command
+from textcam.cli.safe_text import safe_text
 from textcam.cli.semantics_cmd import semantics_command
 from textcam.errors import TextcamError
+
+
+def _fail(message: str, status: int = 1):
+    """One line on stderr (control characters escaped), then exit ``status``."""
+    with contextlib.suppress(OSError):  # stderr gone too: the exit status is all that is left
+        click.echo(safe_text(message), err=True)
+    sys.exit(status)
+
+
+def _output_lost(exc: OSError):
+    """stdout could not be written (a closed pipe, a full disk): one line on stderr, exit 1.
+
+    Per Python's SIGPIPE notes, stdout is pointed at devnull so that the interpreter's final flush
+    does not raise again (and print a second, unhelpful message).
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
+    reason = "the reader closed the pipe" if exc.errno == errno.EPIPE else (exc.strerror or str(exc))
+    _fail(f"error: cannot write the output to stdout ({reason})")
 
 
 class _Group(click.Group):
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            if sys.stdout is None:
+                raise TextcamError("stdout is closed; run the command with its output going somewhere")
+            result = super().invoke(ctx)
+            if sys.stdout is not None:
+                sys.stdout.flush()  # a full disk or closed pipe shows here, not at interpreter exit
+            return result
         except TextcamError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            _fail(f"error: {exc}")
+        except click.ClickException as exc:  # usage errors quote the user's values: escape them, then click shows it
+            exc.message = safe_text(exc.message)
+            raise
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+            _fail("interrupted", 130)
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError) or _stdout_broken():
+                _output_lost(exc)
+            # the environment, not a bug: a file that vanished, a disk that filled, a permission
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"error: {where}{exc.strerror or exc}")
+
+
+def _stdout_broken() -> bool:
+    """Whether stdout cannot take its pending output (then that is what the OSError was about)."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except OSError:
+        return True
+    except ValueError:  # closed file
+        return True
+    return False
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -6,15 +6,33 @@ import click
 
 from textcam.errors import TextcamError
 
+BACKEND_NAMES = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+"""``textcam.runtime.backends.BACKENDS``' keys, spelled out so that ``--help`` and usage errors need no
+runtime import (a test keeps the two in step)."""
+PRECISION_NAMES = ("fp32", "fp16", "bf16")
+"""``textcam.runtime.engines.PRECISIONS`` (a test keeps the two in step)."""
+
 backend_option = click.option(
-    "--backend", default="onnxruntime", show_default=True, metavar="NAME",
+    "--backend", type=click.Choice(BACKEND_NAMES), default="onnxruntime", show_default=True,
     help="What runs the graph: onnxruntime (CPU), onnxruntime-cuda, onnxruntime-tensorrt, or tensorrt "
          "(the engine from `textcam build-engine`).",
 )
 precision_option = click.option(
-    "--precision", default=None, metavar="fp32|fp16|bf16",
+    "--precision", type=click.Choice(PRECISION_NAMES), default=None,
     help="GPU backends: which engine (tensorrt) or graph copy (onnxruntime-*) to run; default fp32 where built.",
 )
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange that also refuses nan and inf (which pass its comparisons)."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def backend_settings(backend: str, precision: str | None, threads: int | None) -> dict:

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-import json
+import os
+import sys
 
 import click
 
 from textcam.cli.backend_options import backend_option, backend_settings, precision_option
+from textcam.cli.bundle_arg import BUNDLE_HELP, resolve_bundle
+from textcam.cli.safe_text import json_text, safe_text
+
+
+def load_warning() -> str | None:
+    """A warning when the machine is busier than its cores (timings, and so ratios, then mislead)."""
+    try:
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    except (AttributeError, OSError):  # no load average on this platform
+        return None
+    if load <= cores:
+        return None
+    return (f"warning: the 1-minute load average is {load:.1f} on {cores} CPU core(s); other work competes for "
+            "the cores, so the timings and ratios below may mislead")
 
 
 def _batch_sizes(_ctx, _param, value: str) -> list[int]:
@@ -19,7 +34,7 @@ def _batch_sizes(_ctx, _param, value: str) -> list[int]:
     return sizes
 
 
-@click.command("bench")
+@click.command("bench", epilog=BUNDLE_HELP)
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--batch-sizes", default="1,8", callback=_batch_sizes, show_default=True, metavar="B,B,...")
 @click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True,
@@ -44,7 +59,11 @@ def bench_command(bundle, batch_sizes, rounds, threads, as_json, backend, precis
     from textcam.runtime.plain_baseline import plain_inference
     from textcam.runtime.timing import interleaved_medians
 
-    explainer = Explainer(bundle, batch_size=max(batch_sizes), **backend_settings(backend, precision, threads))
+    warning = load_warning()
+    if warning:
+        click.echo(warning, err=True)
+    explainer = Explainer(resolve_bundle(bundle), batch_size=max(batch_sizes),
+                          **backend_settings(backend, precision, threads))
     spec = explainer.bundle.input
     if backend == "tensorrt":
         click.echo("building the plain-inference engine (logits only) for the baseline", err=True)
@@ -71,11 +90,15 @@ def bench_command(bundle, batch_sizes, rounds, threads, as_json, backend, precis
     release()
     explainer.close()
     if as_json:
-        click.echo(json.dumps({"bundle": str(bundle), "backend": backend, "rounds": rounds, "results": rows},
-                              indent=2))
+        text, ok = json_text({"bundle": str(bundle), "backend": backend, "rounds": rounds, "results": rows},
+                             indent=2)
+        click.echo(text)
+        if not ok:
+            click.echo("error: a timing is not a finite number; rerun the benchmark", err=True)
+            sys.exit(1)
         return
-    click.echo(f"{explainer.bundle.manifest['model'].get('source')} @ {explainer.bundle.layer} "
-               f"({explainer.bundle.method}), backend {backend}, {rounds} interleaved rounds, medians")
+    click.echo(safe_text(f"{explainer.bundle.manifest['model'].get('source')} @ {explainer.bundle.layer} "
+                         f"({explainer.bundle.method}), backend {backend}, {rounds} interleaved rounds, medians"))
     header = ("batch", "plain ms", "graph ms", "explain ms", "graph/plain", "explain/plain")
     click.echo(" ".join(f"{h:>{w}}" for h, w in zip(header, (5, 10, 10, 11, 12, 14), strict=True)))
     for r in rows:

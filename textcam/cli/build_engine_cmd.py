@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import click
 
+from textcam.cli.backend_options import PRECISION_NAMES, FiniteFloatRange
+from textcam.cli.bundle_arg import BUNDLE_HELP, resolve_bundle
+from textcam.cli.safe_text import json_text, safe_text
 
-@click.command("build-engine")
+
+@click.command("build-engine", epilog=BUNDLE_HELP + " It writes into the bundle, so default is refused.")
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--precision", default="fp32", show_default=True, metavar="fp32|fp16|bf16",
+@click.option("--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True,
               help="fp16/bf16 reduce the forward pass only; gradients and the map stay fp32.")
 @click.option("--min-batch", type=int, default=None, metavar="N", help="Smallest batch the engine takes [1].")
 @click.option("--opt-batch", type=int, default=None, metavar="N", help="Batch the engine is tuned for [8].")
 @click.option("--max-batch", type=int, default=None, metavar="N",
               help="Largest batch per engine call [32]; the runtime splits larger ones.")
-@click.option("--concurrency", type=int, default=2, show_default=True, metavar="N",
+@click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True, metavar="N",
               help="Execution contexts that may run at once (one optimization profile each).")
-@click.option("--workspace-gb", type=float, default=None, metavar="GB",
+@click.option("--workspace-gb", type=FiniteFloatRange(min=0, min_open=True), default=None, metavar="GB",
               help="Limit TensorRT's build workspace (default: TensorRT's own, the device memory).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, metavar="PATH",
               help="Read and update a timing cache file (faster rebuilds on the same GPU and TensorRT).")
@@ -35,27 +39,26 @@ def build_engine_command(bundle, precision, min_batch, opt_batch, max_batch, con
       textcam build-engine resnet50.textcam
       textcam build-engine resnet50.textcam --precision fp16 --max-batch 64 --timing-cache trt.cache
     """
-    import json
-
     from textcam.runtime.engines import BatchProfile, check_precision
 
+    bundle = resolve_bundle(bundle, writes=True)
     check_precision(precision)
     BatchProfile.resolve(min_batch, opt_batch, max_batch)  # bad profiles fail before TensorRT loads
     from textcam.export.engine_build import ParityFailure, build_engine
 
     try:
         result = build_engine(bundle, precision, min_batch, opt_batch, max_batch, workspace_gb, timing_cache,
-                              concurrency, device, progress=lambda message: click.echo(message, err=True))
+                              concurrency, device, progress=lambda message: click.echo(safe_text(message), err=True))
     except ParityFailure as failure:
         click.echo(failure.report.table(), err=True)
         raise
     if as_json:
-        click.echo(json.dumps(result.entry.to_dict(), indent=2))
+        click.echo(json_text(result.entry.to_dict(), indent=2)[0])
         return
     click.echo(result.parity.table())
     if result.precision_report:
-        click.echo(f"graph   {result.precision_report.describe()}")
+        click.echo(safe_text(f"graph   {result.precision_report.describe()}"))
     entry = result.entry
-    click.echo(f"wrote {result.path} ({entry.size_bytes / 1e6:.1f} MB) in {result.build_s:.1f}s: {entry.describe()}, "
-               f"{entry.concurrency} context(s)")
+    click.echo(safe_text(f"wrote {result.path} ({entry.size_bytes / 1e6:.1f} MB) in {result.build_s:.1f}s: "
+                         f"{entry.describe()}, {entry.concurrency} context(s)"))
 

@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
-from textcam.cli.backend_options import backend_option, backend_settings, precision_option
+from textcam.cli.backend_options import FiniteFloatRange, backend_option, backend_settings, precision_option
+from textcam.cli.bundle_arg import BUNDLE_HELP, resolve_bundle
+from textcam.cli.safe_text import json_text, safe_name, safe_text
 from textcam.errors import TextcamError
 
 PROGRESS_THRESHOLD = 8  # more images than this get a progress bar
 
 
-@click.command("explain")
+@click.command("explain", epilog=BUNDLE_HELP)
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE_OR_DIR...")
-@click.option("--class-index", type=int, default=None, metavar="N",
+@click.option("--class-index", type=click.IntRange(min=0), default=None, metavar="N",
               help="Explain class N instead of the predicted class.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Images per graph call.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image (JSON Lines).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Write heatmap overlays (PNG) into DIR.")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Overlay opacity.")
+@click.option("--alpha", type=FiniteFloatRange(0, 1), default=0.5, show_default=True, help="Overlay opacity.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--groups", is_flag=True,
               help="Split each map by phrase and write one overlay per group into --out (needs semantics and a "
@@ -39,7 +40,8 @@ def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha
     three phrases for the evidence.
 
     Directories are expanded to the images they contain. A file that cannot be read is reported
-    on stderr and the others are still explained; the exit status is 1 if any failed.
+    on stderr and the others are still explained; the exit status is 1 if any failed. With --json,
+    a failed image is a {"source": ..., "error": ...} record in its place (input order).
 
     \b
     Examples:
@@ -51,11 +53,12 @@ def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha
     from tqdm import tqdm
 
     from textcam.runtime import Explainer
-    from textcam.runtime.images import list_images, load_image
+    from textcam.runtime.images import list_images
 
     if groups and not out:
         raise TextcamError("--groups writes one overlay per group: give --out DIR")
-    explainer = Explainer(bundle, batch_size=batch_size, **backend_settings(backend, precision, threads))
+    explainer = Explainer(resolve_bundle(bundle), batch_size=batch_size,
+                          **backend_settings(backend, precision, threads))
     if class_index is not None:
         explainer._classes(class_index, 1)  # range check before any work
     if groups:
@@ -65,43 +68,77 @@ def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha
     if out_dir:
         if out_dir.exists() and not out_dir.is_dir():
             raise TextcamError(f"--out {out_dir}: exists and is not a directory")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TextcamError(f"--out {out_dir}: cannot create it ({exc.strerror or exc}); choose a writable "
+                               "directory") from None
     used_names: set[str] = set()
     failures = 0
+    # results come back batched (a file that cannot be read is reported at once, the batch it would
+    # have joined later): lines are printed in input order as soon as every earlier one is known
+    slots: dict[Path, list[int]] = {}
+    for index, path in enumerate(paths):
+        slots.setdefault(Path(path), []).append(index)
+    ready: dict[int, str | None] = {}  # None: failed, reported on stderr only (text mode)
+    printed = 0
     progress = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) <= PROGRESS_THRESHOLD)
     for path, result in explainer.explain_files(paths, class_index, groups=groups):
         progress.update(1)
+        index = slots[Path(path)].pop(0)
         if isinstance(result, TextcamError):
             failures += 1
-            progress.write(f"error: {result}", file=sys.stderr)
-            continue
-        overlay_path = None
-        group_paths = []
-        if out_dir:
-            overlay_path = out_dir / _unique_name(path, used_names)
-            original = load_image(path, explainer.max_pixels)
-            result.overlay(original, alpha=alpha).save(overlay_path)
-            for number, group in enumerate(result.groups, 1):
-                stem = overlay_path.name.removesuffix(".cam.png")
-                group_path = out_dir / f"{stem}.group{number}-{_slug(group.phrase)}.png"
-                group.overlay(original, alpha=alpha).save(group_path)
-                group_paths.append(str(group_path))
-        if as_json:
-            record = result.to_dict()
-            record["overlay"] = str(overlay_path) if overlay_path else None
-            if groups:
-                record["group_overlays"] = group_paths
-            line = json.dumps(record)
+            progress.write(safe_text(f"error: {result}"), file=sys.stderr)
+            ready[index] = json_text({"source": str(path), "error": str(result)})[0] if as_json else None
         else:
-            concepts = ", ".join(c.phrase for c in result.concepts[:3])
-            line = f"{path}\t{result.label}\t{result.score:.4f}" + (f"\t{concepts}" if concepts else "")
-        progress.write(line, file=sys.stdout)
+            overlay_path, group_paths = (_write_overlays(out_dir, path, result, explainer, alpha, used_names)
+                                         if out_dir else (None, []))
+            if as_json:
+                record = result.to_dict()
+                record["overlay"] = str(overlay_path) if overlay_path else None
+                if groups:
+                    record["group_overlays"] = group_paths
+                ready[index], ok = json_text(record)
+                if not ok:
+                    failures += 1
+                    progress.write(safe_text(f"error: {path}: the result holds a non-finite number"),
+                                   file=sys.stderr)
+            else:
+                concepts = ", ".join(c.phrase for c in result.concepts[:3])
+                fields = [str(path), result.label, f"{result.score:.4f}", *([concepts] if concepts else [])]
+                ready[index] = "\t".join(safe_text(f) for f in fields)  # names and phrases are untrusted text
+        while printed in ready:
+            line = ready.pop(printed)
+            if line is not None:
+                progress.write(line, file=sys.stdout)
+            printed += 1
     progress.close()
     if out_dir:
-        click.echo(f"overlays written to {out_dir}", err=True)
+        click.echo(safe_text(f"overlays written to {out_dir}"), err=True)
     if failures:
         click.echo(f"{failures} of {len(paths)} image(s) could not be explained", err=True)
         sys.exit(1)
+
+
+def _write_overlays(out_dir: Path, path: Path, result, explainer, alpha: float, used_names: set[str]):
+    """Write the heatmap overlay (and one per group) for ``path``; return (overlay path, group paths)."""
+    from textcam.runtime.images import load_image
+
+    overlay_path = out_dir / _unique_name(path, used_names)
+    group_paths = []
+    target = overlay_path
+    try:
+        original = load_image(path, explainer.max_pixels)
+        result.overlay(original, alpha=alpha).save(overlay_path)
+        stem = overlay_path.name.removesuffix(".cam.png")
+        for number, group in enumerate(result.groups, 1):
+            target = out_dir / f"{stem}.group{number}-{_slug(group.phrase)}.png"
+            group.overlay(original, alpha=alpha).save(target)
+            group_paths.append(str(target))
+    except OSError as exc:
+        raise TextcamError(f"--out {target}: cannot write it ({exc.strerror or exc}); check the disk space and "
+                           "permissions of --out") from None
+    return overlay_path, group_paths
 
 
 def _slug(phrase: str, limit: int = 40) -> str:
@@ -111,10 +148,12 @@ def _slug(phrase: str, limit: int = 40) -> str:
 
 
 def _unique_name(path: Path, used: set[str]) -> str:
-    name = f"{path.stem}.cam.png"
+    """``STEM.cam.png``, unique among ``used``; control characters in the stem become '_'."""
+    stem = safe_name(path.stem)
+    name = f"{stem}.cam.png"
     counter = 2
     while name in used:
-        name = f"{path.stem}-{counter}.cam.png"
+        name = f"{stem}-{counter}.cam.png"
         counter += 1
     used.add(name)
     return name

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import click
 
+from textcam.cli.safe_text import safe_text
 from textcam.errors import TextcamError
+
+METHOD_NAMES = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "cam")
+"""``textcam.export.cam_methods.METHODS``' names, spelled out so that a bad --method is a usage error
+before torch is imported (a test keeps the two in step)."""
 
 
 def _input_size(_ctx, _param, value: str) -> tuple[int, int]:
@@ -29,20 +35,20 @@ def _floats(name: str, value: str | None):
         numbers = []
     if len(numbers) != 3:
         raise TextcamError(f"{name} {value!r}: expected three comma-separated numbers, e.g. 0.485,0.456,0.406")
+    if not all(math.isfinite(n) for n in numbers):
+        raise TextcamError(f"{name} {value!r}: expected three finite numbers, e.g. 0.485,0.456,0.406")
     return numbers
 
 
 def _class_names(path: str | None) -> list[str] | None:
     if path is None:
         return None
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise TextcamError(f"--class-names {path}: file not found; expected one class name per line")
-    try:
-        names = [line.strip() for line in Path(path).read_text("utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError as exc:
-        raise TextcamError(f"--class-names {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise TextcamError(f"--class-names {path}: cannot read it ({exc.strerror or exc})") from None
+    from textcam.semantics_store.vocabulary import read_text_file
+
+    text = read_text_file(Path(path), "--class-names")  # a regular file of bounded size, UTF-8
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise TextcamError(f"--class-names {path}: the file is empty; expected one class name per line")
     return names
@@ -53,7 +59,7 @@ def _class_names(path: str | None) -> list[str] | None:
               help="torchvision:NAME[:WEIGHTS], timm:NAME, or package.module:factory.")
 @click.option("--layer", default=None, metavar="NAME",
               help="Dotted module name whose output is explained (default: the last spatial layer).")
-@click.option("--method", default="gradcam", show_default=True, metavar="METHOD",
+@click.option("--method", type=click.Choice(METHOD_NAMES), default="gradcam", show_default=True,
               help="gradcam, gradcam++, xgradcam, hirescam, layercam, or cam (global-pool + linear heads).")
 @click.option("--input-size", default="224", callback=_input_size, show_default=True, metavar="H[xW]",
               help="Input height and width the graph is built for.")
@@ -70,12 +76,17 @@ def _class_names(path: str | None) -> list[str] | None:
 @click.option("--with-activations", is_flag=True, help="Also output the layer's activation maps.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False), metavar="BUNDLE",
               help="Bundle directory to write (e.g. resnet50.textcam).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at the output path.")
 def export_command(model_spec, layer, method, input_size, weights, num_classes, class_names, mean, std,
-                   layout, with_activations, out):
+                   layout, with_activations, out, force):
     """Export a model into a bundle: ONE ONNX graph computing logits, gradients and the heatmap.
 
     The graph is run in ONNX Runtime on fresh random inputs and compared with eager PyTorch
-    before the bundle is written; if they disagree, nothing is written.
+    before the bundle is written; if they disagree, nothing is written. An existing bundle at
+    the output path is replaced only with --force.
+
+    --model package.module:factory imports the module from the Python path: run textcam from the
+    folder that holds it, or set PYTHONPATH.
 
     \b
     Examples:
@@ -88,33 +99,36 @@ def export_command(model_spec, layer, method, input_size, weights, num_classes, 
     except ImportError as exc:
         raise TextcamError(f"textcam export needs the export extra: pip install 'textcam[export]' ({exc})") from None
     from textcam.export.cam_methods import get_method
-    from textcam.runtime.bundle_files import check_output_dir
+    from textcam.runtime.bundle_files import check_output_dir, looks_like_bundle
 
     get_method(method)
     check_output_dir(Path(out))
+    if not force and looks_like_bundle(Path(out)):
+        raise TextcamError(f"-o {out}: a textcam bundle is already there; pass --force to replace it, or choose "
+                           "another path")
     mean_values = _floats("--mean", mean) or IMAGENET_MEAN
     std_values = _floats("--std", std) or IMAGENET_STD
     names = _class_names(class_names)
     started = time.perf_counter()
-    click.echo(f"loading {model_spec}", err=True)
+    click.echo(safe_text(f"loading {model_spec}"), err=True)
     loaded = load_model(model_spec, num_classes=num_classes, weights=weights)
     source = {"source": loaded.spec, "weights": loaded.weights, "weights_sha256": loaded.weights_sha256}
     bundle = export_bundle(
         loaded.module, layer, out, method=method, input_size=input_size,
         class_names=names or loaded.class_names, mean=mean_values, std=std_values,
-        layout=layout, with_activations=with_activations, source=source,
-        progress=lambda message: click.echo(f"  {message}", err=True),
+        layout=layout, with_activations=with_activations, source=source, force=force,
+        progress=lambda message: click.echo(safe_text(f"  {message}"), err=True),
     )
     from textcam.runtime.bundle_files import read_manifest
 
     manifest = read_manifest(bundle)
     check = manifest["verification"]
     trt = manifest["tensorrt"]
-    click.echo(
+    click.echo(safe_text(
         f"wrote {bundle} in {time.perf_counter() - started:.1f}s: layer {manifest['target_layer']['name']}, "
         f"method {manifest['method']}, {manifest['model']['size_bytes'] / 1e6:.1f} MB; verified on batches "
         f"{check['batch_sizes']}: logits rel err {check['logits_max_rel_err']:.1e}, "
         f"cam abs err {check['cam_max_abs_err']:.1e}; TensorRT-compatible: {'yes' if trt['compatible'] else 'no'}"
-    )
+    ))
     for problem in trt["problems"]:
-        click.echo(f"  TensorRT: {problem}", err=True)
+        click.echo(safe_text(f"  TensorRT: {problem}"), err=True)

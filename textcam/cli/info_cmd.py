@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
-import json
+import sys
 
 import click
 
+from textcam.cli.bundle_arg import BUNDLE_HELP, resolve_bundle
+from textcam.cli.safe_text import json_text, safe_text
 
-@click.command("info")
+
+@click.command("info", epilog=BUNDLE_HELP)
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
 def info_command(bundle, as_json):
-    """Describe a bundle: model, layer, method, classes, and what it contains."""
+    """Describe a bundle: model, layer, method, classes, and what it contains.
+
+    \b
+    Examples:
+      textcam info default
+      textcam info resnet50.textcam --json
+    """
     from textcam.runtime.bundle import Bundle
 
-    opened = Bundle.open(bundle)
+    opened = Bundle.open(resolve_bundle(bundle))
     manifest = opened.manifest
     if as_json:
-        click.echo(json.dumps(manifest, indent=2))
+        text, ok = json_text(manifest, indent=2)
+        click.echo(text)
+        if not ok:
+            click.echo(f"error: {safe_text(opened.path)}: the manifest holds a non-finite number", err=True)
+            sys.exit(1)
         return
     model, spec, layer = manifest["model"], opened.input, manifest["target_layer"]
     classes = opened.classes
@@ -43,7 +56,7 @@ def info_command(bundle, as_json):
         f"engines     {_engines(manifest)}",
         f"producer    textcam {manifest['producer'].get('textcam')}, torch {manifest['producer'].get('torch')}",
     ]
-    click.echo("\n".join(lines))
+    click.echo("\n".join(safe_text(line) for line in lines))  # names in the manifest are untrusted text
 
 
 def _semantics(entry: dict | None) -> str:

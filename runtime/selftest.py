@@ -1,0 +1,381 @@
+"""The bundle's conformance self-test: a few images and the outputs every host must reproduce.
+
+Every host of a bundle (this Python runtime, a C++ core, Triton, OpenVINO, each GPU backend) is
+held to the same check: the bundle carries ``selftest-<sha12>.safetensors`` (named by the
+manifest's ``selftest`` section) with a handful of uint8 RGB images and what the reference host
+(this runtime, ONNX Runtime on the CPU, fp32, the bundle's default concept settings) computed
+for them. A host runs the stored images end to end, through its own decoding-free preprocessing,
+its graph and its concept selection, and compares.
+
+File contents (safetensors; N images, K classes, C channels, H x W the graph input, k top_k):
+
+==========================  ==========  ==============================================================
+tensor                      dtype       meaning
+==========================  ==========  ==============================================================
+``image_{i}``               uint8       [h_i, w_i, 3] RGB, i = 0..N-1; sizes and aspect ratios differ
+``input``                   float32     [N, 3, H, W] the preprocessed images (resize, scale, normalize)
+``logits``                  float32     [N, K]
+``class_index``             int64       [N] (the graph ran with ``target_class`` = -1: predicted)
+``cam``                     float32     [N, H, W] at graph resolution
+``channel_weights``         float32     [N, C]
+``channel_activation``      float32     [N, C]
+``concept_ids``             int64       [N, k] the selected phrases, in selection order (with semantics)
+``concept_scores``          float32     [N, k] their cosines (with semantics)
+==========================  ==========  ==============================================================
+
+Metadata: ``format`` (``textcam-selftest``), ``format_version``, ``model_sha256`` (the graph the
+outputs came from), ``semantics_sha256`` and ``concept_settings`` (JSON) with semantics.
+
+Two runs are compared, so that a preprocessing difference and a graph difference are told apart:
+
+- ``graph``: the host's graph (and concept selection) on the stored ``input`` tensor. Only the
+  graph's arithmetic can differ; tolerances are tight.
+- ``end-to-end``: the host on the stored images, its own preprocessing first. The ``input`` row
+  checks the preprocessing; the outputs then also carry the preprocessing's rounding, so their
+  tolerances are looser (see below).
+
+Tolerances (``manifest["selftest"]["tolerances"]``; measured numbers are in the report of the
+change that introduced this module and in ``tests/test_selftest.py``):
+
+- ``input`` (max abs, normalized units): one grey level, ``1 / (255 * min(std)) * scale * 255``
+  plus 1e-5. Pillow documents that its resampling may change by up to one level between
+  versions; a different filter (nearest, cv2's non-antialiased bilinear, a half-pixel shift) moves
+  textured pixels by many levels.
+- ``logits``, ``channel_weights``, ``channel_activation`` (max rel: per image, the largest
+  absolute difference over the largest reference magnitude of that image): 1e-4, 1e-3, 1e-4.
+  ONNX Runtime on the CPU differs from itself across thread counts by ~1e-7 relative; the
+  export-time check (float64 eager vs the graph) allows 1e-4 for logits. Channel weights are
+  spatial means of mixed-sign gradients and lose more to cancellation (the export check saw
+  ~2e-3 on deep layers against float64), hence 1e-3. A perturbed graph (weights changed by 1%)
+  is off by 1e-2 or more.
+- ``cam`` (max abs, maps in [0, 1]): 1e-3, as the fp32 engine parity check; float32 hosts agree
+  to ~1e-6, another CAM method or another class differs by order 0.1 to 1.
+- ``class_index``, ``concept_ids``: exact (mismatch count 0); the same phrases in the same order.
+- ``concept_scores`` (max abs, cosines): 1e-4.
+- ``end_to_end.*``: the same outputs from the host's own preprocessing. They include the effect
+  of a one-level preprocessing difference, measured when the self-test is built: every stored
+  input is moved by +-1 grey level in a seeded random half of its values and the outputs' change
+  is recorded; the tolerance is the larger of the graph tolerance and 4x that change.
+  ``class_index`` and ``concept_ids`` stay exact: the images are smooth and the reference run's
+  margins are checked when the file is built.
+
+The tolerances are for float32 hosts. Reduced precision (fp16/bf16 engines) is reported against
+them too, and is expected to exceed some: the report shows by how much.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from textcam.errors import TextcamError, first_line
+from textcam.runtime import concepts as _concepts
+from textcam.runtime import images as _images
+from textcam.runtime.bundle import Bundle
+
+SELFTEST_FORMAT = "textcam-selftest"
+SELFTEST_VERSION = 1
+SELFTEST_SEED = 20261201
+DEFAULT_IMAGES = 4
+MAX_IMAGES = 256
+IMAGE_SIZES = ((37, 53), (64, 64), (120, 200), (301, 17), (224, 224), (17, 301), (97, 131), (480, 360))
+"""(height, width) of the first self-test images: down- and up-scaling, wide and tall, odd sizes."""
+
+GRAPH_OUTPUTS = ("logits", "class_index", "cam", "channel_weights", "channel_activation")
+CONCEPT_OUTPUTS = ("concept_ids", "concept_scores")
+MEASURES = {
+    "input": "max abs", "logits": "max rel", "class_index": "mismatches", "cam": "max abs",
+    "channel_weights": "max rel", "channel_activation": "max rel", "concept_ids": "mismatches",
+    "concept_scores": "max abs",
+}
+GRAPH_TOLERANCES = {
+    "logits": 1e-4, "class_index": 0.0, "cam": 1e-3, "channel_weights": 1e-3, "channel_activation": 1e-4,
+    "concept_ids": 0.0, "concept_scores": 1e-4,
+}
+END_TO_END = "end_to_end."
+SENSITIVITY_FACTOR = 4.0
+"""End-to-end tolerance = max(graph tolerance, this x the change a one-level input drift causes)."""
+EXACT = ("class_index", "concept_ids")
+_HINT = "re-run `textcam export` (or `textcam semantics`) to rebuild the self-test"
+
+
+# ---- the images ----------------------------------------------------------------------------------
+
+def selftest_images(count: int = DEFAULT_IMAGES) -> list[np.ndarray]:
+    """``count`` deterministic uint8 [h, w, 3] RGB images (numpy only, seed :data:`SELFTEST_SEED`).
+
+    Each is a smooth colour field (a few low-frequency waves and soft blobs per channel) with a
+    mild texture on top (smoothed noise at a few pixels' scale, +-12 levels), so that a different
+    resize filter shows in the pixels while the model's outputs are not on a knife edge. Sizes
+    come from :data:`IMAGE_SIZES`, then from the seed.
+    """
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count <= MAX_IMAGES:
+        raise TextcamError(f"count={count!r}: expected the number of self-test images, 1 to {MAX_IMAGES}")
+    rng = np.random.default_rng(SELFTEST_SEED)
+    result = []
+    for index in range(int(count)):
+        if index < len(IMAGE_SIZES):
+            height, width = IMAGE_SIZES[index]
+        else:
+            height, width = (int(v) for v in rng.integers(8, 400, size=2))
+        result.append(_smooth_image(rng, height, width))
+    return result
+
+
+def _smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    y = (np.arange(height, dtype=np.float64) + 0.5) / height
+    x = (np.arange(width, dtype=np.float64) + 0.5) / width
+    yy, xx = np.meshgrid(y, x, indexing="ij")
+    image = np.empty((height, width, 3), dtype=np.float64)
+    base = rng.uniform(60, 190, size=3)
+    for channel in range(3):
+        field = np.full((height, width), base[channel])
+        for _ in range(3):  # low-frequency waves
+            fy, fx = rng.uniform(-2.5, 2.5, size=2)
+            phase = rng.uniform(0, 2 * np.pi)
+            field += rng.uniform(15, 40) * np.sin(2 * np.pi * (fy * yy + fx * xx) + phase)
+        for _ in range(2):  # soft blobs
+            cy, cx = rng.uniform(0.1, 0.9, size=2)
+            radius = rng.uniform(0.12, 0.35)
+            field += rng.uniform(-60, 60) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius ** 2))
+        image[..., channel] = field
+    image += 12.0 * _texture(rng, height, width)[..., None] * rng.uniform(0.6, 1.0, size=3)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def _texture(rng: np.random.Generator, height: int, width: int, cell: float = 3.0) -> np.ndarray:
+    """Noise on a coarse grid (one value every ``cell`` pixels), bilinearly upsampled, in [-1, 1]."""
+    gh, gw = int(math.ceil(height / cell)) + 2, int(math.ceil(width / cell)) + 2
+    grid = rng.uniform(-1.0, 1.0, size=(gh, gw))
+    gy = np.arange(height) / cell
+    gx = np.arange(width) / cell
+    y0, x0 = np.floor(gy).astype(int), np.floor(gx).astype(int)
+    ty, tx = (gy - y0)[:, None], (gx - x0)[None, :]
+    top = grid[y0][:, x0] * (1 - tx) + grid[y0][:, x0 + 1] * tx
+    bottom = grid[y0 + 1][:, x0] * (1 - tx) + grid[y0 + 1][:, x0 + 1] * tx
+    return top * (1 - ty) + bottom * ty
+
+
+# ---- running a host -----------------------------------------------------------------------------
+
+def _settings_dict(settings: _concepts.ConceptSettings) -> dict[str, Any]:
+    return {"beta": settings.beta, "top_k": settings.top_k, "candidates": settings.candidates,
+            "l1": settings.l1, "l2": settings.l2, "steps": settings.steps, "center": settings.center}
+
+
+def _graph_and_concepts(explainer, batch: np.ndarray, settings: _concepts.ConceptSettings | None
+                        ) -> dict[str, np.ndarray]:
+    """The host's graph on ``batch`` (predicted classes), in ``explainer.batch_size`` chunks, and
+    with ``settings`` its concept selection; only the self-test's outputs are kept."""
+    parts: list[dict[str, np.ndarray]] = []
+    for start in range(0, len(batch), explainer.batch_size):
+        chunk = np.ascontiguousarray(batch[start:start + explainer.batch_size], dtype=np.float32)
+        raw = explainer.runner.run(chunk, np.full(len(chunk), -1, dtype=np.int64))
+        missing = [name for name in GRAPH_OUTPUTS if name not in raw]
+        if missing:
+            raise TextcamError(f"backend {explainer.backend!r}: the graph returned no {', '.join(missing)}; "
+                               "it does not run the bundle's graph")
+        part = {name: np.asarray(raw[name]) for name in GRAPH_OUTPUTS}
+        if settings is not None:
+            selection = _select(explainer, raw, settings)
+            part["concept_ids"] = np.asarray(selection.ids, dtype=np.int64)
+            part["concept_scores"] = np.asarray(selection.scores, dtype=np.float32)
+        parts.append(part)
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def _select(explainer, outputs: Mapping[str, np.ndarray], settings: _concepts.ConceptSettings):
+    """The host's concept selection; the Explainer's own when its settings are the self-test's."""
+    if explainer.concept_settings == settings:
+        return explainer._select(outputs)
+    store = explainer.semantics
+    q = _concepts.aggregate(outputs["channel_weights"], outputs["channel_activation"], store.channel_semantics,
+                            settings.beta)
+    ids, _scores = _concepts.rank(q, store.text_embeddings, settings.candidates, among=outputs.get("concept_ids"))
+    center = store.text_embeddings.mean(axis=0) if settings.center else False
+    return _concepts.select_diverse(q, store.text_embeddings, ids, settings.l1, settings.l2, settings.steps,
+                                    settings.top_k, center=center)
+
+
+def _preprocess(images: list[np.ndarray], spec) -> np.ndarray:
+    """The runtime's preprocessing of uint8 RGB arrays, through the module (so it can be replaced)."""
+    return np.stack([_images.preprocess(_images.array_to_image(image), spec)[0] for image in images])
+
+
+# ---- building -----------------------------------------------------------------------------------
+
+def build_selftest(bundle: Bundle | str | Path, images: int = DEFAULT_IMAGES) -> tuple[bytes, dict[str, Any]]:
+    """Run the reference host on :func:`selftest_images` and return (safetensors bytes, manifest fields).
+
+    The reference host is this runtime: ``Explainer(bundle, backend="onnxruntime")`` on the CPU,
+    the bundle's default concept settings. The fields are the manifest's ``selftest`` section
+    without its file: ``{"images": N, "tolerances": {...}, "concepts": bool}``. Write the bytes
+    with :func:`textcam.runtime.bundle_update.update_bundle` and record a
+    :class:`textcam.runtime.manifest.SelftestSection`.
+    """
+    from safetensors.numpy import save
+
+    from textcam.runtime.explainer import Explainer
+
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    pictures = selftest_images(images)
+    explainer = Explainer(bundle, backend="onnxruntime")
+    try:
+        settings = explainer.concept_settings if explainer.semantics is not None else None
+        batch = _preprocess(pictures, bundle.input)
+        outputs = _graph_and_concepts(explainer, batch, settings)
+        tolerances = _tolerances(bundle, explainer, batch, outputs, settings)
+    finally:
+        explainer.close()
+    tensors: dict[str, np.ndarray] = {f"image_{i}": np.ascontiguousarray(p) for i, p in enumerate(pictures)}
+    tensors["input"] = batch.astype(np.float32)
+    for name, value in outputs.items():
+        dtype = np.int64 if name in EXACT else np.float32
+        tensors[name] = np.ascontiguousarray(value, dtype=dtype)
+    metadata = {"format": SELFTEST_FORMAT, "format_version": str(SELFTEST_VERSION),
+                "model_sha256": bundle.model_sha256, "images": str(len(pictures)),
+                "target_class": "-1", "reference": "textcam.runtime, onnxruntime CPU, fp32"}
+    if settings is not None:
+        metadata["semantics_sha256"] = bundle.info.semantics.store.sha256
+        metadata["concept_settings"] = json.dumps(_settings_dict(settings), sort_keys=True)
+    fields = {"images": len(pictures), "tolerances": tolerances, "concepts": settings is not None}
+    return save(tensors, metadata=metadata), fields
+
+
+def input_tolerance(spec) -> float:
+    """One grey level in normalized units (the worst channel), plus 1e-5 for float rounding."""
+    return float(spec.scale / min(spec.std) + 1e-5)
+
+
+def _tolerances(bundle: Bundle, explainer, batch: np.ndarray, outputs: dict[str, np.ndarray],
+                settings) -> dict[str, float]:
+    tolerances = {"input": input_tolerance(bundle.input)}
+    names = [n for n in GRAPH_TOLERANCES if n in outputs]
+    tolerances.update({name: GRAPH_TOLERANCES[name] for name in names})
+    # the effect of a one-level preprocessing drift: half the values moved by +-1 grey level
+    rng = np.random.default_rng(SELFTEST_SEED + 1)
+    level = (np.float32(bundle.input.scale) / np.asarray(bundle.input.std, np.float32))[None, :, None, None]
+    worst = {name: 0.0 for name in names}
+    for _ in range(2):
+        step = rng.integers(-1, 2, size=batch.shape).astype(np.float32) * level
+        drifted = _graph_and_concepts(explainer, (batch + step).astype(np.float32), settings)
+        for name in names:
+            if name not in EXACT:
+                worst[name] = max(worst[name], _measure(name, outputs[name], drifted[name]))
+    for name in names:
+        limit = GRAPH_TOLERANCES[name] if name in EXACT else max(GRAPH_TOLERANCES[name],
+                                                                  SENSITIVITY_FACTOR * worst[name])
+        tolerances[END_TO_END + name] = float(f"{limit:.3g}")
+    return tolerances
+
+
+# ---- comparing ----------------------------------------------------------------------------------
+
+def _measure(name: str, reference: np.ndarray, candidate: np.ndarray) -> float:
+    """The row's worst value: mismatch count, max abs, or per-image max rel (see the module docstring)."""
+    reference, candidate = np.asarray(reference), np.asarray(candidate)
+    if reference.shape != candidate.shape:
+        return math.inf
+    if MEASURES[name] == "mismatches":
+        return float(np.count_nonzero(reference != candidate))
+    ref = reference.astype(np.float64)
+    diff = np.abs(candidate.astype(np.float64) - ref)
+    if not np.isfinite(diff).all():
+        return math.inf
+    if diff.size == 0:
+        return 0.0
+    if MEASURES[name] == "max abs":
+        return float(diff.max())
+    rows = len(ref)
+    scale = np.maximum(np.abs(ref).reshape(rows, -1).max(axis=1), 1e-30)
+    return float((diff.reshape(rows, -1).max(axis=1) / scale).max())
+
+
+@dataclass(frozen=True)
+class SelftestRow:
+    stage: str
+    """``preprocess``, ``graph`` (on the stored input) or ``end-to-end`` (on the stored images)."""
+    output: str
+    measure: str
+    worst: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return math.isfinite(self.worst) and self.worst <= self.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "output": self.output, "measure": self.measure,
+                "worst": self.worst if math.isfinite(self.worst) else None,
+                "tolerance": self.tolerance, "passed": self.passed}
+
+
+@dataclass(frozen=True)
+class SelftestReport:
+    bundle: str
+    backend: str
+    images: int
+    rows: tuple[SelftestRow, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(row.passed for row in self.rows)
+
+    @property
+    def failed(self) -> tuple[SelftestRow, ...]:
+        return tuple(row for row in self.rows if not row.passed)
+
+    def row(self, stage: str, output: str) -> SelftestRow:
+        for row in self.rows:
+            if row.stage == stage and row.output == output:
+                return row
+        raise KeyError(f"{stage} {output}")
+
+    def table(self) -> str:
+        """An aligned text table, one row per check, then PASS or FAIL."""
+        header = ("stage", "output", "measure", "worst", "tolerance", "result")
+        lines = [header] + [
+            (r.stage, r.output, r.measure, _number(r.worst, r.measure), _number(r.tolerance, r.measure),
+             "ok" if r.passed else "FAIL")
+            for r in self.rows
+        ]
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        right = {3, 4}
+        text = ["  ".join(cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+                          for i, cell in enumerate(line)).rstrip() for line in lines]
+        text.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bundle": self.bundle, "backend": self.backend, "images": self.images, "passed": self.passed,
+                "rows": [row.to_dict() for row in self.rows]}
+
+
+def _number(value: float, measure: str) -> str:
+    if not math.isfinite(value):
+        return "inf (shape)" if value > 0 else "nan"
+    if measure == "mismatches":
+        return str(int(value))
+    return f"{value:.2e}"
+
+
+def compare_outputs(stage: str, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+                    tolerances: Mapping[str, float]) -> list[SelftestRow]:
+    """Rows for every output in ``reference`` (in the self-test's order), against ``tolerances``
+    (keys as in the manifest; ``end-to-end`` rows use the ``end_to_end.`` keys)."""
+    rows = []
+    prefix = END_TO_END if stage == "end-to-end" else ""
+    for name in ("input", *GRAPH_OUTPUTS, *CONCEPT_OUTPUTS):
+        if name not in reference:
+            continue
+        key = prefix + name if name != "input" else "input"
+        value = _measure(name, reference[name], candidate[name]) if name in candidate else math.inf
+        rows.append(SelftestRow(stage if name != "input" else "preprocess", name, MEASURES[name], value,
+                                float(tolerances[key])))
+    return rows
