@@ -151,7 +151,7 @@ def _smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarr
 
 def _texture(rng: np.random.Generator, height: int, width: int, cell: float = 3.0) -> np.ndarray:
     """Noise on a coarse grid (one value every ``cell`` pixels), bilinearly upsampled, in [-1, 1]."""
-    gh, gw = int(math.ceil(height / cell)) + 2, int(math.ceil(width / cell)) + 2
+    gh, gw = math.ceil(height / cell) + 2, math.ceil(width / cell) + 2
     grid = rng.uniform(-1.0, 1.0, size=(gh, gw))
     gy = np.arange(height) / cell
     gx = np.arange(width) / cell
@@ -192,7 +192,7 @@ def _graph_and_concepts(explainer, batch: np.ndarray, settings: _concepts.Concep
 
 def _select(explainer, outputs: Mapping[str, np.ndarray], settings: _concepts.ConceptSettings):
     """The host's concept selection; the Explainer's own when its settings are the self-test's."""
-    if explainer.concept_settings == settings:
+    if _settings_dict(explainer.concept_settings) == _settings_dict(settings):
         return explainer._select(outputs)
     store = explainer.semantics
     q = _concepts.aggregate(outputs["channel_weights"], outputs["channel_activation"], store.channel_semantics,
@@ -379,3 +379,149 @@ def compare_outputs(stage: str, reference: Mapping[str, np.ndarray], candidate: 
         rows.append(SelftestRow(stage if name != "input" else "preprocess", name, MEASURES[name], value,
                                 float(tolerances[key])))
     return rows
+
+
+# ---- reading and running ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SelftestData:
+    """A validated self-test file: the images, the expected outputs, the settings and tolerances."""
+
+    path: Path
+    images: list[np.ndarray]
+    expected: dict[str, np.ndarray]
+    """``input`` and every output, by name."""
+    tolerances: dict[str, float]
+    settings: _concepts.ConceptSettings | None
+
+
+def read_selftest(bundle: Bundle) -> SelftestData:
+    """The bundle's self-test file, checked (checksum, format, and every tensor's dtype and shape
+    against the manifest), or a one-line TextcamError naming the file and what to do."""
+    section = bundle.info.selftest
+    if section is None:
+        raise TextcamError(f"{bundle.path}: the bundle has no self-test (built by an older textcam); "
+                           "re-run `textcam export` to add one")
+    path = bundle.selftest_path  # size and sha256 checked here
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = dict(handle.metadata() or {})
+            arrays = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise TextcamError(f"{path}: not a readable safetensors file ({first_line(exc)}); {_HINT}") from None
+
+    def fail(problem: str) -> TextcamError:
+        return TextcamError(f"{path}: {problem}; {_HINT}")
+
+    if metadata.get("format") != SELFTEST_FORMAT:
+        raise fail(f"not a textcam self-test (format is not {SELFTEST_FORMAT!r})")
+    version = metadata.get("format_version", "")
+    if not version.isdigit() or int(version) < 1:
+        raise fail("has no valid format_version")
+    if int(version) > SELFTEST_VERSION:
+        raise TextcamError(f"{path}: self-test format {version} is newer than this textcam reads "
+                           f"({SELFTEST_VERSION}); upgrade textcam")
+    if metadata.get("model_sha256") != bundle.model_sha256:
+        raise fail(f"was computed for another graph (model_sha256 differs from {bundle.info.model.graph.file}'s)")
+    count, info = section.images, bundle.info
+    spec, classes, channels = info.input, info.model.num_classes, info.target_layer.channels
+
+    def tensor(name: str, dtype, shape: tuple[int | None, ...]) -> np.ndarray:
+        if name not in arrays:
+            raise fail(f"lacks the tensor {name!r}")
+        value = arrays[name]
+        wanted = "[" + ", ".join("k" if s is None else str(s) for s in shape) + "]"
+        if value.dtype != dtype or value.ndim != len(shape) or any(
+                s is not None and s != v for s, v in zip(shape, value.shape, strict=True)):
+            raise fail(f"tensor {name!r} is {value.dtype} {list(value.shape)}; expected {np.dtype(dtype)} {wanted}")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise fail(f"tensor {name!r} holds NaN or Inf")
+        return value
+
+    pictures = []
+    for index in range(count):
+        image = tensor(f"image_{index}", np.uint8, (None, None, 3))
+        if 0 in image.shape:
+            raise fail(f"tensor 'image_{index}' is empty ({list(image.shape)})")
+        pictures.append(image)
+    if f"image_{count}" in arrays:
+        raise fail(f"holds more images than the manifest's selftest.images ({count})")
+    expected = {
+        "input": tensor("input", np.float32, (count, 3, spec.height, spec.width)),
+        "logits": tensor("logits", np.float32, (count, classes)),
+        "class_index": tensor("class_index", np.int64, (count,)),
+        "cam": tensor("cam", np.float32, (count, spec.height, spec.width)),
+        "channel_weights": tensor("channel_weights", np.float32, (count, channels)),
+        "channel_activation": tensor("channel_activation", np.float32, (count, channels)),
+    }
+    if ((expected["class_index"] < 0) | (expected["class_index"] >= classes)).any():
+        raise fail(f"tensor 'class_index' holds a class outside 0..{classes - 1}")
+    settings = None
+    if section.concepts:
+        if info.semantics is None:
+            raise fail("has concepts but the bundle has no channel semantics")
+        if metadata.get("semantics_sha256") != info.semantics.store.sha256:
+            raise fail(f"was computed with other channel semantics (semantics_sha256 differs from "
+                       f"{info.semantics.store.file}'s)")
+        ids = tensor("concept_ids", np.int64, (count, None))
+        expected["concept_ids"] = ids
+        expected["concept_scores"] = tensor("concept_scores", np.float32, (count, ids.shape[1]))
+        vocabulary = info.semantics.vocabulary_size
+        if ids.shape[1] == 0 or ((ids < 0) | (ids >= vocabulary)).any():
+            raise fail(f"tensor 'concept_ids' holds ids outside the vocabulary (0..{vocabulary - 1})")
+        try:
+            stored = json.loads(metadata["concept_settings"])
+            if not isinstance(stored, dict):
+                raise ValueError("not an object")
+            settings = _concepts.ConceptSettings.resolve(stored)
+        except (KeyError, ValueError, TypeError, TextcamError) as exc:
+            raise fail(f"damaged concept_settings metadata ({first_line(exc)})") from None
+        listed = min(settings.top_k, settings.candidates, vocabulary)
+        if ids.shape[1] != listed:
+            raise fail(f"tensor 'concept_ids' has {ids.shape[1]} phrases per image; its concept_settings list "
+                       f"{listed}")
+    elif "concept_ids" in arrays:
+        raise fail("has concepts but the manifest's selftest.concepts is false")
+    needed = ["input", *(n for n in expected if n != "input")]
+    needed += [END_TO_END + n for n in expected if n != "input"]
+    missing = [n for n in needed if n not in section.tolerances]
+    if missing:
+        raise TextcamError(f"{bundle.path / 'manifest.json'}: 'selftest.tolerances' lacks {', '.join(missing)}; "
+                           f"{_HINT}")
+    return SelftestData(path, pictures, expected, dict(section.tolerances), settings)
+
+
+def run_selftest(bundle: Bundle | str | Path, backend: str = "onnxruntime",
+                 backend_options: Mapping[str, object] | None = None, *, explainer=None) -> SelftestReport:
+    """Hold a host to the bundle's self-test; returns the report (``report.passed``, ``report.table()``).
+
+    The host is ``explainer`` when given (its backend and options; ``bundle`` may then be None),
+    else ``Explainer(bundle, backend=backend, backend_options=backend_options)``. Two runs:
+    the stored ``input`` through the graph and concept selection (``graph`` rows), and the stored
+    images through the host's preprocessing, graph and selection (``preprocess`` and
+    ``end-to-end`` rows). A bundle without a self-test, or a damaged file, raises TextcamError.
+    """
+    from textcam.runtime.explainer import Explainer
+
+    if explainer is not None:
+        bundle = explainer.bundle
+    elif not isinstance(bundle, Bundle):
+        bundle = Bundle.open(bundle)
+    data = read_selftest(bundle)
+    own = explainer is None
+    host = Explainer(bundle, backend=backend, backend_options=backend_options) if own else explainer
+    try:
+        if data.settings is not None and host.semantics is None:
+            raise TextcamError(f"{bundle.path}: the self-test checks concepts but the host loaded no semantics")
+        graph = _graph_and_concepts(host, data.expected["input"], data.settings)
+        batch = _preprocess(data.images, bundle.input)
+        end_to_end = _graph_and_concepts(host, batch, data.settings)
+    finally:
+        if own:
+            host.close()
+    expected = data.expected
+    rows = compare_outputs("graph", {k: v for k, v in expected.items() if k != "input"}, graph, data.tolerances)
+    rows += compare_outputs("end-to-end", expected, {"input": batch, **end_to_end}, data.tolerances)
+    return SelftestReport(str(bundle.path), host.backend, len(data.images), tuple(rows))

@@ -12,6 +12,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -27,14 +28,110 @@ def register_configs() -> None:
     open_clip.add_model_config(Path(str(folder)))
 
 
+@dataclass
+class Coverage:
+    """How much of a vocabulary the CLIP text tower can actually read.
+
+    A phrase is covered when every token of it (and of every prompt template) has a row in the
+    token-embedding table that holds data. A compact checkpoint keeps only the rows its texts used
+    (``SPARSE_ROWS_SUFFIX``); every other token loads as a zero row, and a phrase made of such
+    tokens embeds as confident nonsense. For a full CLIP every phrase is covered.
+    """
+
+    phrases: int
+    covered: int
+    affected: list[str] = field(default_factory=list)
+    """Phrases with at least one token the checkpoint does not hold, in vocabulary order."""
+    missing_words: list[str] = field(default_factory=list)
+    """The words of those phrases (and templates) that map to missing rows, distinct, in order."""
+    template_words: list[str] = field(default_factory=list)
+    """Words of the prompt templates that map to missing rows (then every phrase is affected)."""
+    truncated: int = 0
+    """Prompts longer than the text tower's context, which cuts them."""
+    checked: bool = True
+    """False when this CLIP's tokenizer or embedding table cannot be inspected."""
+
+    @property
+    def fraction(self) -> float:
+        return self.covered / self.phrases if self.phrases else 1.0
+
+    def describe(self) -> str:
+        if not self.checked:
+            return f"{self.phrases} phrases; coverage not checked (this CLIP's tokenizer cannot be inspected)"
+        text = (f"{self.covered} of {self.phrases} phrases ({100 * self.fraction:.1f}%) fully covered by the CLIP "
+                "tokenizer and embedding table")
+        if self.truncated:
+            text += f"; {self.truncated} prompt(s) longer than the text context are cut"
+        return text
+
+
 class ClipEncoder:
     """Embeds images and phrases; every embedding is L2-normalized float32."""
 
-    def __init__(self, model, preprocess, tokenizer, model_id: str):
+    def __init__(self, model, preprocess, tokenizer, model_id: str, source: str | None = None):
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.model_id = model_id
+        self.source = source or model_id
+        """What to name in messages: the checkpoint file, or the --clip spec."""
+        self._held_rows: np.ndarray | None = None
+
+    def held_token_rows(self) -> np.ndarray | None:
+        """bool [vocab]: which token-embedding rows hold data (False: a zero row, unknown to the checkpoint)."""
+        if self._held_rows is None:
+            table = getattr(getattr(self.model, "token_embedding", None), "weight", None)
+            if table is None:
+                return None
+            self._held_rows = (table.detach() != 0).any(dim=1).cpu().numpy()
+        return self._held_rows
+
+    def _token_ids(self, text: str) -> list[int] | None:
+        encode = getattr(self.tokenizer, "encode", None)
+        return list(encode(text)) if callable(encode) else None
+
+    def coverage(self, phrases: Sequence[str], templates: Sequence[str]) -> Coverage:
+        """Which ``phrases`` (through ``templates``) use only tokens this CLIP holds; see :class:`Coverage`."""
+        held = self.held_token_rows()
+        if held is None or self._token_ids("x") is None:
+            return Coverage(len(phrases), len(phrases), checked=False)
+
+        def missing_words(text: str) -> list[str]:
+            ids = self._token_ids(text) or []
+            if all(0 <= i < len(held) and held[i] for i in ids):
+                return []
+            return [w for w in text.split() if not all(0 <= i < len(held) and held[i]
+                                                       for i in self._token_ids(w) or [])] or [text]
+
+        template_words = [w for t in templates for w in missing_words(t.replace("{}", " "))]
+        affected, words = [], list(dict.fromkeys(template_words))
+        for phrase in phrases:
+            missing = missing_words(phrase)
+            if missing or template_words:
+                affected.append(phrase)
+                words.extend(w for w in missing if w not in words)
+        context = getattr(self.tokenizer, "context_length", None)
+        truncated = 0
+        if context:
+            overhead = max(len(self._token_ids(t.replace("{}", "")) or []) for t in templates) if templates else 0
+            truncated = sum(len(self._token_ids(p) or []) + overhead + 2 > context for p in phrases)
+        return Coverage(len(phrases), len(phrases) - len(affected), affected, words, template_words, truncated)
+
+    def check_coverage(self, phrases: Sequence[str], templates: Sequence[str], where: str = "--vocab") -> Coverage:
+        """:meth:`coverage`, refusing (one line) a vocabulary with phrases this CLIP cannot read."""
+        report = self.coverage(phrases, templates)
+        if report.affected:
+            shown = ", ".join(repr(w) for w in report.missing_words[:5])
+            more = f" and {len(report.missing_words) - 5} more" if len(report.missing_words) > 5 else ""
+            cause = (f"the templates use words it does not hold ({shown}{more})" if report.template_words else
+                     f"they use words it does not hold ({shown}{more})")
+            raise TextcamError(
+                f"{where}: {len(report.affected)} of {report.phrases} phrase(s) cannot be read by the CLIP "
+                f"{self.source}: {cause}, which embed as zero vectors; "
+                + ("change the templates" if report.template_words else "drop those phrases")
+                + ", or use a CLIP trained on them (the compact tiny CLIP reads builtin:shapes-world)"
+            )
+        return report
 
     @property
     def dim(self) -> int:
@@ -52,9 +149,13 @@ class ClipEncoder:
         return _normalize(features.numpy())
 
     def embed_phrases(self, phrases: Sequence[str], templates: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """Each phrase through every template, embeddings averaged then normalized (DESIGN 4.4)."""
+        """Each phrase through every template, embeddings averaged then normalized (DESIGN 4.4).
+
+        Phrases with tokens the checkpoint does not hold are refused (:meth:`check_coverage`).
+        """
         import torch
 
+        self.check_coverage(phrases, templates, where="phrases")
         prompts = [template.format(phrase) for phrase in phrases for template in templates]
         chunks = []
         with torch.no_grad():
@@ -144,6 +245,7 @@ def load_clip(spec: str | None = None, checkpoint: str | None = None, model_name
             "--clip-checkpoint PATH --clip-model NAME"
         ) from None
     model_id = f"{name}:{pretrained}" if pretrained else name
+    source = f"--clip {spec}" if spec else None
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
@@ -156,4 +258,5 @@ def load_clip(spec: str | None = None, checkpoint: str | None = None, model_name
                 f"--clip-checkpoint {path}: does not fit --clip-model {name} ({first_line(exc, 200)})"
             ) from None
         model_id = f"{name}@sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
-    return ClipEncoder(model, preprocess, open_clip.get_tokenizer(name), model_id)
+        source = f"checkpoint {path}"
+    return ClipEncoder(model, preprocess, open_clip.get_tokenizer(name), model_id, source)

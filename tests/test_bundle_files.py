@@ -108,7 +108,8 @@ def test_a_bundle_path_that_is_a_file_or_missing(tmp_path):
 
 # --- the files a manifest names ---------------------------------------------------------------------------------------
 
-OUTSIDE_NAMES = ["/etc/passwd", "../semantics.safetensors", "../../etc/passwd", "sub/../../x", "./semantics.safetensors"]
+OUTSIDE_NAMES = ["/etc/passwd", "../semantics.safetensors", "../../etc/passwd", "sub/../../x",
+                 "./semantics.safetensors"]
 
 
 @pytest.mark.parametrize("name", OUTSIDE_NAMES)

@@ -206,6 +206,9 @@ CASES = [
 ]
 
 
+CASE_IDS = [f"{'.'.join(map(str, p))}={v!r:.30}" for p, v, _ in CASES]
+
+
 def mutated(path, value) -> dict:
     data = valid()
     target = data
@@ -231,7 +234,7 @@ def test_the_valid_manifest_round_trips():
                                      "engines/model.fp16-0123456789ab.onnx", "selftest.safetensors"}
 
 
-@pytest.mark.parametrize(("path", "value", "word"), CASES, ids=[f"{'.'.join(map(str, p))}={v!r:.30}" for p, v, _ in CASES])
+@pytest.mark.parametrize(("path", "value", "word"), CASES, ids=CASE_IDS)
 def test_a_broken_manifest_is_one_line(path, value, word):
     with pytest.raises(TextcamError) as caught:
         Manifest.from_dict(mutated(path, value), "b/manifest.json")
@@ -275,12 +278,13 @@ def test_the_schema_is_valid_and_accepts_the_good_manifest():
     jsonschema.validate(valid(), SCHEMA)
 
 
-@pytest.mark.parametrize(("path", "value", "word"), CASES, ids=[f"{'.'.join(map(str, p))}={v!r:.30}" for p, v, _ in CASES])
+@pytest.mark.parametrize(("path", "value", "word"), CASES, ids=CASE_IDS)
 def test_the_schema_refuses_what_python_refuses(path, value, word):
     data = mutated(path, value)
     key = f"{'.'.join(map(str, path))}={'' if value is DROP else value!r}"
     text = json.dumps(data)
-    if any(key.startswith(c) for c in CROSS_FIELD) or "NaN" in text or "Infinity" in text or "[[[[[[[[[[[[[[[[" in text \
-            or path[0] in ("producer", "timings", "tensorrt", "verification") or path[-1] in ("weights", "defaults"):
+    inexpressible = "NaN" in text or "Infinity" in text or "[" * 16 in text
+    free_form = path[0] in ("producer", "timings", "tensorrt", "verification") or path[-1] in ("weights", "defaults")
+    if any(key.startswith(c) for c in CROSS_FIELD) or inexpressible or free_form:
         pytest.skip("a rule JSON Schema does not express (cross-field, non-finite numbers, depth, free-form)")
     assert not jsonschema.Draft202012Validator(SCHEMA).is_valid(data)

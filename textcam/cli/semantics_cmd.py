@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import click
 
+from textcam.cli.bundle_arg import BUNDLE_HELP, resolve_bundle
+from textcam.cli.safe_text import safe_text
 
-@click.command("semantics")
+
+@click.command("semantics", epilog=BUNDLE_HELP + " semantics writes into the bundle, so default is refused.")
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--probe", required=True, metavar="DIR_OR_LIST",
               help="Probe images: a directory (searched recursively) or a file listing image paths.")
@@ -33,21 +36,34 @@ def semantics_command(bundle, probe, clip_spec, clip_checkpoint, clip_model, voc
                       batch_size, no_fuse):
     """Build semantics.safetensors for a bundle: CLIP + LDA per channel, and a vocabulary.
 
+    Vocabulary and template files must be regular UTF-8 files (at most 16 MiB, 100,000 phrases of
+    300 characters). Phrases whose words the CLIP cannot read (a compact checkpoint holds only the
+    tokens it was built with; others embed as zero vectors) are refused before any work; the
+    output reports the vocabulary's coverage.
+
     \b
     Examples:
       textcam semantics resnet50.textcam --probe imagenet_val/ --clip ViT-B-32:openai --cache ~/.cache/textcam
       textcam semantics color.textcam --probe probe/ --vocab builtin:shapes-world \\
           --clip-checkpoint tiny_clip.safetensors --clip-model textcam-tiny-clip
     """
+    from textcam.runtime.bundle import Bundle
     from textcam.semantics_store import build_semantics, load_clip
+    from textcam.semantics_store.vocabulary import load_templates, load_vocabulary
 
+    bundle = resolve_bundle(bundle, writes=True)
+    # the cheap checks first: the vocabulary and templates, before CLIP loads and the probe is scanned
+    vocabulary = load_vocabulary(vocab, Bundle.open(bundle, verify_checksum=False).classes)
+    prompt_templates = load_templates(templates)
     clip = load_clip(clip_spec, clip_checkpoint, clip_model)
+    coverage = clip.check_coverage(vocabulary.phrases, prompt_templates, where=f"--vocab {','.join(vocab)}")
     report = build_semantics(bundle, probe, clip, vocab=vocab, templates=templates, m=m, lda=lda, cache=cache,
                              batch_size=batch_size, fuse=not no_fuse,
-                             log=lambda message: click.echo(message, err=True))
+                             log=lambda message: click.echo(safe_text(message), err=True))
     for note in report.notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(safe_text(f"note: {note}"), err=True)
     phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in report.seconds.items())
-    click.echo(f"wrote {report.store}: {report.channels} channels x {report.dim} dims, {report.phrases} phrases, "
-               f"M={report.m} over {report.probe_images} probe images")
+    click.echo(safe_text(f"wrote {report.store}: {report.channels} channels x {report.dim} dims, {report.phrases} "
+                         f"phrases, M={report.m} over {report.probe_images} probe images"))
+    click.echo(f"vocabulary coverage: {coverage.describe()}")
     click.echo(f"time per phase: {phases}; peak memory {report.peak_memory_mb:.0f} MB")
