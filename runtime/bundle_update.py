@@ -91,8 +91,8 @@ class BundleUpdate:
         for folder in {p.parent for p in self.staged}:
             fsync_dir(folder)
         write_manifest(self.path, self.manifest)
+        self.staged = []  # the new manifest names them now: a failure from here on must not delete them
         self._checkpoint("after manifest")
-        self.staged = []
         remove_unreferenced(self.path, self.manifest)
 
     def abandon(self) -> None:

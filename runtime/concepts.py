@@ -214,19 +214,31 @@ def rank(
     """The n phrases closest to each q: ids int64 [B, n] and cosines float32 [B, n], best first.
 
     Order: cosine descending, equal cosines by phrase id ascending (explicit, whatever the sort
-    algorithm). ``n >= V`` means all V phrases. ``among`` [B, M] restricts the choice to those
-    phrase ids (e.g. the fused graph's ``concept_ids``), re-scored here from q: when ``among``
-    holds the numpy top n, the result is identical to ranking over the whole vocabulary.
+    algorithm). ``n >= V`` means all V phrases. ``among`` [B, M] (e.g. the fused graph's
+    ``concept_ids``) are the candidates to pick from, re-scored here from q; a row where a phrase
+    outside them would make the top n (the graph's float rounding swapped a near-tie at its last
+    place) is ranked over the whole vocabulary instead, so the result is always identical to
+    ``rank(q, T, n)``.
     """
-    scores = cosines(q, T)
-    if among is None:
-        ids = np.broadcast_to(np.arange(scores.shape[1], dtype=np.int64), scores.shape)
-    else:
-        ids = np.atleast_2d(np.asarray(among, dtype=np.int64))
-        scores = np.take_along_axis(scores, ids, axis=1)
-    n = max(1, min(int(n), ids.shape[1]))
+    full = cosines(q, T)
+    vocabulary = np.broadcast_to(np.arange(full.shape[1], dtype=np.int64), full.shape)
+    n = max(1, min(int(n), full.shape[1]))
+    among = None if among is None else np.atleast_2d(np.asarray(among, dtype=np.int64))
+    if among is None or among.shape[1] < n:
+        return _top(full, vocabulary, n)
+    ids, scores = _top(np.take_along_axis(full, among, axis=1), among, n)
+    inside = np.zeros(full.shape, dtype=bool)
+    np.put_along_axis(inside, among, True, axis=1)
+    last_score, last_id = scores[:, -1:], ids[:, -1:]
+    beaten = (~inside & ((full > last_score) | ((full == last_score) & (vocabulary < last_id)))).any(axis=1)
+    if beaten.any():
+        ids[beaten], scores[beaten] = _top(full[beaten], vocabulary[beaten], n)
+    return ids, scores
+
+
+def _top(scores: np.ndarray, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     order = _score_order(scores, ids)[:, :n]
-    return np.take_along_axis(ids, order, axis=1).copy(), np.take_along_axis(scores, order, axis=1)
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 def _score_order(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:

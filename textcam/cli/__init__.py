@@ -54,8 +54,11 @@ class _Group(click.Group):
             if sys.stdout is None:
                 raise TextcamError("stdout is closed; run the command with its output going somewhere")
             result = super().invoke(ctx)
-            if sys.stdout is not None:
-                sys.stdout.flush()  # a full disk or closed pipe shows here, not at interpreter exit
+            try:
+                if sys.stdout is not None:
+                    sys.stdout.flush()  # a full disk or closed pipe shows here, not at interpreter exit
+            except OSError as exc:
+                _output_lost(exc)
             return result
         except TextcamError as exc:
             _fail(f"error: {exc}")
@@ -65,11 +68,22 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except OSError as exc:
-            if isinstance(exc, BrokenPipeError) or _stdout_broken():
+            if isinstance(exc, BrokenPipeError) or _raised_writing_stdout(exc) or _stdout_broken():
                 _output_lost(exc)
             # the environment, not a bug: a file that vanished, a disk that filled, a permission
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(f"error: {where}{exc.strerror or exc}")
+
+
+def _raised_writing_stdout(exc: BaseException) -> bool:
+    """Whether a frame of ``exc``'s traceback was handling stdout (click.echo's ``file``, tqdm's ``fp``)."""
+    streams = {id(s) for s in (sys.stdout, sys.__stdout__) if s is not None}
+    trace = exc.__traceback__
+    while trace is not None:
+        if any(id(value) in streams for value in trace.tb_frame.f_locals.values()):
+            return True
+        trace = trace.tb_next
+    return False
 
 
 def _stdout_broken() -> bool:
