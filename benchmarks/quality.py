@@ -85,17 +85,18 @@ def semantics_variant(source: Path, work: Path, config: Config, probe: Path, cac
 def _randomize_semantics(bundle: Path) -> None:
     from dataclasses import replace
 
-    from textcam.runtime.bundle_files import read_manifest, sha256_file, write_manifest
-    from textcam.runtime.semantics_file import STORE_FILE, read_store, write_store
+    from textcam.runtime.bundle import Bundle
+    from textcam.runtime.semantics_file import read_store
+    from textcam.semantics_store.builder import write_semantics
 
-    store = read_store(bundle / STORE_FILE)
+    opened = Bundle.open(bundle)
+    store = read_store(opened.semantics_path)
     rng = np.random.default_rng(0)
     random = rng.standard_normal(store.channel_semantics.shape).astype(np.float32)
     random /= np.linalg.norm(random, axis=1, keepdims=True)
-    write_store(bundle, replace(store, channel_semantics=random))
-    manifest = read_manifest(bundle)
-    manifest["semantics"]["sha256"] = sha256_file(bundle / STORE_FILE)
-    write_manifest(bundle, manifest)
+    section = opened.info.semantics
+    write_semantics(opened, replace(store, channel_semantics=random), section.lda, section.m,
+                    fuse=opened.info.fused_graph is not None)
 
 
 def explain_all(bundle: Path, scenes, settings: dict, groups: bool):

@@ -3,7 +3,9 @@ rebuild hints, batch splitting and the parity table. None of this needs TensorRT
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from textcam.errors import TextcamError
 from textcam.export.engine_build import BuildSettings, profile_shapes, record_engine
 from textcam.export.engine_parity import ParityReport, compare_outputs
 from textcam.runtime.backends.tensorrt_runner import pad_batch, run_in_chunks
-from textcam.runtime.bundle_files import FORMAT_NAME, FORMAT_VERSION, read_manifest, sha256_file
+from textcam.runtime.bundle_files import read_manifest, sha256_file
 from textcam.runtime.engines import (
     BatchProfile,
     EngineEntry,
@@ -25,6 +27,7 @@ from textcam.runtime.engines import (
     reduced_graph_name,
     replace_entry,
 )
+from textcam.shapes_world.artifacts import DEFAULT_BUNDLE
 
 MODEL_SHA = "ab" * 32
 
@@ -231,17 +234,26 @@ def test_engine_file_checks_presence_size_and_checksum(tmp_path):
 
 
 def test_record_engine_replaces_the_same_key_and_keeps_the_rest(tmp_path):
-    manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model": {"sha256": MODEL_SHA},
-                "engines": [], "semantics": {"file": "semantics.safetensors"}}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    record_engine(tmp_path, entry("fp16", profile=(1, 8, 32)))
-    record_engine(tmp_path, entry("fp32"))
-    record_engine(tmp_path, entry("fp16", profile=(2, 4, 8)))
-    written = read_manifest(tmp_path)
-    assert [(e["precision"], e["profile"]) for e in written["engines"]] == [
+    bundle = tmp_path / "b.textcam"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    (bundle / "engines").mkdir()
+
+    def plan(precision, data, **extra):
+        e = entry(precision, **extra)
+        (bundle / e.file).write_bytes(data)
+        return dataclasses.replace(e, sha256=sha256_file(bundle / e.file), size_bytes=len(data))
+
+    before = read_manifest(bundle)
+    record_engine(bundle, plan("fp16", b"one", profile=(1, 8, 32)))
+    record_engine(bundle, plan("fp32", b"two"))
+    record_engine(bundle, plan("fp16", b"three", profile=(2, 4, 8)))
+    written = read_manifest(bundle)
+    assert [(e.precision, e.profile.to_dict()) for e in written.engines] == [
         ("fp32", {"min": 1, "opt": 8, "max": 32}), ("fp16", {"min": 2, "opt": 4, "max": 8})]
-    assert written["semantics"] == {"file": "semantics.safetensors"}  # other sections untouched
-    assert not list(tmp_path.glob(".manifest.json.*"))  # atomic write left no temp file
+    assert written.semantics.store.sha256 == before.semantics.store.sha256  # other sections untouched
+    assert not list(bundle.glob(".manifest.json.*"))  # atomic write left no temp file
+    with pytest.raises(TextcamError, match=r"engines\[\]\.(size_bytes|sha256)"):
+        record_engine(bundle, entry("bf16"))  # an entry without its file's size and checksum is refused
 
 
 def test_profile_shapes_follow_the_dynamic_batch():

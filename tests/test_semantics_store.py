@@ -15,7 +15,8 @@ from PIL import Image
 pytest.importorskip("open_clip")
 
 from textcam.errors import TextcamError
-from textcam.runtime.semantics_file import STORE_FILE, read_store
+from textcam.runtime.bundle import Bundle
+from textcam.runtime.semantics_file import read_store
 from textcam.semantics_store import build_semantics, load_clip
 from textcam.semantics_store.probe_set import extreme_images
 from textcam.semantics_store.vocabulary import load_templates, load_vocabulary
@@ -40,6 +41,10 @@ def probe(tmp_path_factory):
     return make_probe(tmp_path_factory.mktemp("probe"), 40)
 
 
+def store_path(bundle: Path) -> Path:
+    return Bundle.open(bundle).semantics_path
+
+
 @pytest.fixture()
 def bundle(small_bundle, tmp_path):
     copy = tmp_path / "b.textcam"
@@ -52,8 +57,8 @@ def test_build_writes_a_valid_store_bound_to_the_model(bundle, probe, clip, tmp_
                              cache=tmp_path / "cache", fuse=False, show_progress=False)
     manifest = json.loads((bundle / "manifest.json").read_text())
     entry = manifest["semantics"]
-    assert entry["file"] == STORE_FILE and entry["channels"] == 512 and entry["m"] == 8
-    store = read_store(bundle / STORE_FILE, manifest["model"]["sha256"], 512)
+    assert entry["file"].startswith("semantics-") and entry["channels"] == 512 and entry["m"] == 8
+    store = read_store(store_path(bundle), manifest["model"]["sha256"], 512)
     assert store.channel_semantics.shape == (512, 64) and store.text_embeddings.shape[0] == len(store.phrases)
     assert np.allclose(np.linalg.norm(store.channel_semantics, axis=1), 1.0, atol=2e-3)  # fp16 storage
     assert "circle" in store.phrases and "striped texture" in store.phrases
@@ -64,7 +69,7 @@ def test_build_writes_a_valid_store_bound_to_the_model(bundle, probe, clip, tmp_
     again = build_semantics(bundle, probe, clip, vocab=["builtin:attributes", "builtin:classes"], m=8,
                             cache=tmp_path / "cache", fuse=False, show_progress=False)
     assert again.seconds["embed"] < report.seconds["embed"] or report.seconds["embed"] < 0.5
-    second = read_store(bundle / STORE_FILE)
+    second = read_store(store_path(bundle))
     np.testing.assert_allclose(second.channel_semantics, store.channel_semantics, atol=1e-3)
 
 
@@ -81,7 +86,7 @@ def test_directions_point_from_low_to_high_activating_images(bundle, probe, clip
     scores, kept, _ = scan_activations(opened, create_runner("onnxruntime", opened), paths, 16)
     positives, negatives = extreme_images(scores, 8)
     embeddings = clip.embed_images([Image.open(p).convert("RGB") for p in kept])
-    store = read_store(bundle / STORE_FILE)
+    store = read_store(store_path(bundle))
     for channel in (0, 17, 300):
         s = store.channel_semantics[channel]
         assert (embeddings[positives[channel]] @ s).mean() > (embeddings[negatives[channel]] @ s).mean()
@@ -115,7 +120,7 @@ def test_unreadable_probe_files(bundle, tmp_path, clip):
         (folder / f"bad{i}.jpg").write_bytes(b"")
     with pytest.raises(TextcamError, match="more than 1%"):
         build_semantics(bundle, folder, clip, vocab=["builtin:classes"], m=4, fuse=False, show_progress=False)
-    assert not (bundle / STORE_FILE).exists() or read_store(bundle / STORE_FILE)  # nothing half-written
+    assert Bundle.open(bundle).info.semantics is None  # nothing half-written or recorded
 
 
 def test_vocabulary_files(tmp_path):
@@ -172,13 +177,13 @@ def test_checkpoint_round_trip(tmp_path, clip):
 def test_store_checks_against_the_bundle(bundle, probe, clip, tmp_path):
     build_semantics(bundle, probe, clip, vocab=["builtin:classes"], m=4, fuse=False, show_progress=False)
     with pytest.raises(TextcamError, match="another model"):
-        read_store(bundle / STORE_FILE, model_sha256="0" * 64)
+        read_store(store_path(bundle), model_sha256="0" * 64)
     with pytest.raises(TextcamError, match="512 channels, this model's layer has 2048"):
-        read_store(bundle / STORE_FILE, channels=2048)
-    from textcam.runtime.semantics_file import SemanticsStore, write_store
+        read_store(store_path(bundle), channels=2048)
+    from textcam.runtime.semantics_file import SemanticsStore, store_bytes
 
     with pytest.raises(TextcamError, match="dimension 64 but text embeddings 32"):
-        write_store(tmp_path, SemanticsStore(np.ones((4, 64)), np.ones((2, 32)), ("a", "b"), "x", "clip"))
+        store_bytes(SemanticsStore(np.ones((4, 64)), np.ones((2, 32)), ("a", "b"), "x", "clip"))
 
 
 def test_cli_semantics_errors(small_bundle, tmp_path, probe):
@@ -199,12 +204,12 @@ def test_built_bundle_explains_with_phrases_fused_or_not(bundle, probe, clip):
 
     build_semantics(bundle, probe, clip, vocab=["builtin:attributes", "builtin:classes"], m=8, show_progress=False)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["semantics"]["fused_graph"]["file"] == "model.semantics.onnx"
+    assert manifest["fused_graph"]["file"].startswith("model.semantics-")
     image = bundle.parent / "x.png"
     shutil.copy(next(iter(probe.glob("*.png"))), image)
     fused = Explainer(bundle).explain(image)
     plain = Explainer(bundle, use_fused=False).explain(image)
     assert len(fused.concepts) == 5
     assert [c.phrase for c in fused.concepts] == [c.phrase for c in plain.concepts]
-    store = read_store(bundle / STORE_FILE)
+    store = read_store(store_path(bundle))
     assert all(c.phrase in store.phrases for c in fused.concepts)

@@ -12,6 +12,7 @@ They skip, saying why, where TensorRT or a CUDA device is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ from click.testing import CliRunner
 
 from textcam.cli import main
 from textcam.errors import TextcamError
+from textcam.export.engine_build import record_engine
 from textcam.export.engine_parity import check_parity
 from textcam.export.precision import (
     downstream_nodes,
@@ -42,7 +44,8 @@ from textcam.runtime.backends import BACKENDS, create_runner
 from textcam.runtime.backends.availability import unavailable_reason
 from textcam.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
 from textcam.runtime.bundle import Bundle
-from textcam.runtime.bundle_files import read_manifest, sha256_file, write_manifest
+from textcam.runtime.bundle_files import read_manifest, sha256_file
+from textcam.runtime.bundle_update import update_bundle
 from textcam.runtime.engines import BatchProfile, EngineEntry, engine_file_name
 
 FP16_MIN_NORMAL = 6.104e-5
@@ -348,12 +351,10 @@ def _add_engine(bundle: Path, data: bytes, cc="9.0", trt="10.8.0.43", precision=
     name = engine_file_name(precision, cc, trt)
     (bundle / "engines").mkdir(exist_ok=True)
     (bundle / "engines" / name).write_bytes(data)
-    manifest = read_manifest(bundle)
     entry = EngineEntry(f"engines/{name}", precision, trt, cc, BatchProfile(1, 8, 32), 2, "Some GPU",
-                        model_sha256=manifest["model"]["sha256"], sha256=sha256_file(bundle / "engines" / name),
-                        size_bytes=len(data))
-    manifest["engines"] = [*manifest.get("engines", []), entry.to_dict()]
-    write_manifest(bundle, manifest)
+                        model_sha256=read_manifest(bundle).model.graph.sha256,
+                        sha256=sha256_file(bundle / "engines" / name), size_bytes=len(data))
+    record_engine(bundle, entry)
     return entry
 
 
@@ -372,7 +373,7 @@ def test_engine_for_another_gpu_is_refused_before_loading(fake_gpu, bundle_copy)
     with pytest.raises(TextcamError) as exc:
         fake_gpu.TensorRTRunner(Bundle.open(bundle_copy))
     assert "sm86" in str(exc.value) and "this machine has sm90" in str(exc.value)
-    entry = EngineEntry.from_dict(read_manifest(bundle_copy)["engines"][0])
+    entry = read_manifest(bundle_copy).engines[0]
     with pytest.raises(TextcamError, match=r"built for sm86 with TensorRT 10\.8\.0\.43; this machine has sm90"):
         fake_gpu.TensorRTRunner(Bundle.open(bundle_copy), engine=entry)
 
@@ -485,7 +486,7 @@ def test_fp32_engine_build_records_the_engine_and_matches_onnxruntime(gpu_bundle
     import tensorrt
 
     assert fp32_engine.parity.passed, fp32_engine.parity.table()
-    entry = EngineEntry.from_dict(read_manifest(gpu_bundle)["engines"][-1])
+    entry = read_manifest(gpu_bundle).engines[-1]
     assert entry.precision == "fp32" and entry.tensorrt == tensorrt.__version__
     assert entry.profile == BatchProfile(1, 4, 8) and entry.concurrency == 2
     assert (gpu_bundle / entry.file).is_file() and entry.sha256 == sha256_file(gpu_bundle / entry.file)
@@ -567,16 +568,16 @@ def test_cuda_graph_replay_gives_the_same_outputs(gpu_bundle, fp32_engine):
 def test_corrupt_and_foreign_engines_on_a_gpu(gpu_bundle, fp32_engine, tmp_path):
     bundle = tmp_path / "b.textcam"
     shutil.copytree(gpu_bundle, bundle)
-    manifest = read_manifest(bundle)
-    entry = manifest["engines"][-1]
-    plan = bundle / entry["file"]
+    entry = read_manifest(bundle).engines[-1]
+    plan = bundle / entry.file
     plan.write_bytes(plan.read_bytes()[: plan.stat().st_size // 2])
-    entry.update(size_bytes=plan.stat().st_size, sha256=sha256_file(plan))  # the manifest agrees: TensorRT decides
-    write_manifest(bundle, manifest)
+    # the manifest agrees with the damaged file: TensorRT decides
+    entry = dataclasses.replace(entry, size_bytes=plan.stat().st_size, sha256=sha256_file(plan))
+    record_engine(bundle, entry)
     with pytest.raises(TextcamError, match=r"cannot deserialize it.*textcam build-engine"):
         Explainer(bundle, backend="tensorrt")
-    entry["compute_capability"] = "1.0"
-    write_manifest(bundle, manifest)
+    with update_bundle(bundle) as update:
+        update.manifest = update.manifest.replace(engines=(dataclasses.replace(entry, compute_capability="1.0"),))
     with pytest.raises(TextcamError, match="textcam build-engine"):
         Explainer(bundle, backend="tensorrt")
 
