@@ -43,8 +43,8 @@ def make_png(path: Path, megapixels: float) -> tuple[int, int]:
     """A 4:3 RGB PNG of about ``megapixels``: smooth gradients plus a tiled noise pattern."""
     from PIL import Image
 
-    width = int(round(math.sqrt(megapixels * 1e6 * 4 / 3)))
-    height = int(round(megapixels * 1e6 / width))
+    width = round(math.sqrt(megapixels * 1e6 * 4 / 3))
+    height = round(megapixels * 1e6 / width)
     rows = []
     tile = np.random.default_rng(0).integers(0, 64, (97, 89, 3), dtype=np.uint8)
     for top in range(0, height, 1024):  # row bands keep the generator itself small

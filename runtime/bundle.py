@@ -123,6 +123,12 @@ class Bundle:
             return self.model_path
         return self.file(FileRef(entry.onnx, entry.onnx_sha256, None), "engine_onnx")
 
+    def selftest(self, backend: str = "onnxruntime", backend_options: dict | None = None):
+        """Run the bundle's conformance self-test on ``backend``; returns a report (``.passed``, ``.table()``)."""
+        from textcam.runtime.selftest import run_selftest
+
+        return run_selftest(self, backend, backend_options)
+
     # ---- the manifest's facts ----------------------------------------------------------------
 
     @property

@@ -13,7 +13,7 @@ from textcam.runtime import concepts
 from textcam.runtime.backends import ONNXRUNTIME_BACKENDS, check_backend, create_runner
 from textcam.runtime.bundle import Bundle
 from textcam.runtime.explanation import Concept, Explanation, map_to_original, softmax
-from textcam.runtime.images import DEFAULT_MAX_PIXELS, Geometry, array_to_image, load_image, preprocess
+from textcam.runtime.images import DEFAULT_MAX_PIXELS, Geometry, load_image, preprocess
 from textcam.runtime.output_checks import check_outputs
 from textcam.runtime.semantics_file import SemanticsStore, read_store
 
@@ -187,18 +187,9 @@ class Explainer:
         yield from zip(files, results, strict=True)
 
     def _decode(self, item: ImageInput) -> Image.Image:
-        if isinstance(item, (str, Path)):
-            return load_image(item, self.max_pixels)
-        if isinstance(item, Image.Image):
-            from textcam.runtime.images import to_rgb
+        from textcam.runtime.images import decode
 
-            return to_rgb(item)
-        if isinstance(item, np.ndarray):
-            return array_to_image(item)
-        raise TextcamError(
-            f"image of type {type(item).__name__}: pass a path, a PIL image, a uint8 HxWx3 array or a "
-            "float [B,3,H,W] batch"
-        )
+        return decode(item, self.max_pixels)
 
     def _check_batch(self, batch: np.ndarray) -> np.ndarray:
         spec = self.bundle.input
@@ -208,7 +199,15 @@ class Explainer:
                 f"float batch of shape {batch.shape} and dtype {batch.dtype}: expected float32 "
                 f"[B, {', '.join(map(str, expected))}], already resized and normalized"
             )
-        return np.ascontiguousarray(batch, dtype=np.float32)
+        with np.errstate(over="ignore"):  # float64 values beyond float32's range become Inf, refused below
+            batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if not np.isfinite(batch).all():
+            bad = np.unique(np.nonzero(~np.isfinite(batch))[0])
+            raise TextcamError(
+                f"float batch holds NaN or Inf values (image {', '.join(map(str, bad[:5]))}"
+                f"{' ...' if bad.size > 5 else ''} of {len(batch)}); the graph would return a meaningless label"
+            )
+        return batch
 
     def _classes(self, class_index, count: int) -> np.ndarray:
         if class_index is None:
@@ -288,6 +287,14 @@ class Explainer:
             input_hw=(spec.height, spec.width), geometry=geometry,
         )
         return groups
+
+    def selftest(self) -> SelftestReport:  # noqa: F821 - imported when called (keeps the import light)
+        """Hold this explainer (its backend, preprocessing and concept selection) to the bundle's
+        conformance self-test; returns a :class:`textcam.runtime.selftest.SelftestReport`
+        (``.passed``, ``.table()``). A bundle without a self-test raises TextcamError."""
+        from textcam.runtime.selftest import run_selftest
+
+        return run_selftest(self.bundle, explainer=self)
 
 
 def _runner_options(backend, providers, intra_op_threads, allow_spinning, backend_options) -> dict:

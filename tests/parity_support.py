@@ -445,7 +445,7 @@ def export_case(case: Case, model: nn.Module, method: str, out: Path, lenient: b
 
     if lenient or (case.id, method) in VERIFICATION_REFUSALS:
         return export_despite_verification(case, model, method, out)
-    return export_bundle(model, case.layer, out, method=method, input_size=case.input_size)
+    return export_bundle(model, case.layer, out, method=method, input_size=case.input_size, force=True)
 
 
 def export_despite_verification(case: Case, model: nn.Module, method: str, out: Path) -> Path:
@@ -465,7 +465,8 @@ def export_despite_verification(case: Case, model: nn.Module, method: str, out: 
             return {"passed": False, "error": str(exc)}
 
     with mock.patch.object(bundle_export, "verify_onnx", report_only):
-        return bundle_export.export_bundle(model, case.layer, out, method=method, input_size=case.input_size)
+        return bundle_export.export_bundle(model, case.layer, out, method=method, input_size=case.input_size,
+                                           force=True)  # a kept bundle from an earlier run is replaced
 
 
 def verification_report(bundle: Path) -> dict:

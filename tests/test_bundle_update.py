@@ -131,7 +131,7 @@ def test_updates_refuse_what_is_not_a_bundle(tmp_path, kind):
     target = tmp_path / "x.textcam"
     if kind == "file":
         target.write_text("x")
-    with pytest.raises(TextcamError, match="x.textcam"), update_bundle(target):
+    with pytest.raises(TextcamError, match=r"x\.textcam"), update_bundle(target):
         pass
 
 

@@ -208,14 +208,17 @@ def test_bad_input_gives_one_error_line(results, name):
 
 
 def test_export_then_replace_and_refuse(files, tmp_path):
-    """A good export works, writing over its own bundle works, and a failure keeps the old bundle."""
+    """A good export works, writing over its own bundle needs --force, and a failure keeps the old bundle."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(files), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "tiny.textcam"
     command = [sys.executable, "-m", "textcam", "export", *TINY, "--layer", "conv", "-o", str(out)]
     first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 0 and first.stdout.startswith(f"wrote {out}"), first.stderr
     manifest = (out / "manifest.json").read_text()
-    failed = subprocess.run([*command, "--class-names", str(files / "two_names.txt")],
+    refused = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 1 and "a textcam bundle is already there; pass --force" in refused.stderr
+    assert (out / "manifest.json").read_text() == manifest
+    failed = subprocess.run([*command, "--force", "--class-names", str(files / "two_names.txt")],
                             capture_output=True, text=True, env=env, timeout=300)
     assert failed.returncode == 1 and "error: --class-names" in failed.stderr
     assert (out / "manifest.json").read_text() == manifest

@@ -16,7 +16,7 @@ from PIL import Image
 
 from textcam.errors import TextcamError
 from textcam.runtime import Explainer, concepts
-from textcam.runtime.bundle_files import read_manifest, sha256_file, write_manifest
+from textcam.runtime.bundle_files import sha256_file, write_manifest
 from textcam.runtime.concepts import (
     aggregate,
     channel_groups,
@@ -30,7 +30,16 @@ from textcam.runtime.fused_ranking import FUSED_FILE, fuse_ranking
 from textcam.runtime.semantics_file import STORE_FILE
 
 sys.path.insert(0, str(Path(__file__).parent))
-from semantics_helpers import CLASSES, add_semantics, make_store, random_batch, random_unit, unit
+from semantics_helpers import (
+    CLASSES,
+    add_semantics,
+    make_store,
+    manifest_dict,
+    model_sha256,
+    random_batch,
+    random_unit,
+    unit,
+)
 
 # ---------------------------------------------------------------------------------------------
 # numpy core
@@ -222,7 +231,7 @@ def act_bundle(tmp_path_factory):
 def semantic_bundle(act_bundle, tmp_path_factory):
     bundle = tmp_path_factory.mktemp("semantic") / "b.textcam"
     shutil.copytree(act_bundle, bundle)
-    sha = read_manifest(bundle)["model"]["sha256"]
+    sha = model_sha256(bundle)
     return add_semantics(bundle, make_store(model_sha256=sha))
 
 
@@ -319,7 +328,7 @@ def test_explainer_groups(semantic_bundle, tmp_path):
 def test_groups_need_activations_and_a_channel_weight_method(small_bundle, semantic_bundle, tmp_path):
     plain = tmp_path / "plain.textcam"
     shutil.copytree(small_bundle, plain)  # exported without activations
-    add_semantics(plain, make_store(model_sha256=read_manifest(plain)["model"]["sha256"]), fused_candidates=None)
+    add_semantics(plain, make_store(model_sha256=model_sha256(plain)), fused_candidates=None)
     explainer = Explainer(plain)
     assert len(explainer.explain(random_batch(1, 1))[0].concepts) == 4
     with pytest.raises(TextcamError, match="--with-activations"):
@@ -328,7 +337,7 @@ def test_groups_need_activations_and_a_channel_weight_method(small_bundle, seman
         Explainer(small_bundle).explain(random_batch(1, 1), groups=True)
     hires = tmp_path / "hires.textcam"
     shutil.copytree(semantic_bundle, hires)
-    manifest = read_manifest(hires)
+    manifest = manifest_dict(hires)
     manifest["method"] = "hirescam"
     write_manifest(hires, manifest)
     with pytest.raises(TextcamError, match="channel-weight CAM method"):
@@ -336,22 +345,26 @@ def test_groups_need_activations_and_a_channel_weight_method(small_bundle, seman
 
 
 def test_store_problems_are_reported(act_bundle, tmp_path):
-    sha = read_manifest(act_bundle)["model"]["sha256"]
+    sha = model_sha256(act_bundle)
     cases = {
         "other model": (make_store(model_sha256="0" * 64), "computed for another model"),
-        "channels": (make_store(channels=256, model_sha256=sha), "256 channels, this model's layer has 512"),
+        # format 2 refuses the mismatch when the manifest is written, format 1 when the store is read
+        "channels": (make_store(channels=256, model_sha256=sha), r"256 channels, (this model's )?the layer (has )?512"),
     }
     for name, (store, message) in cases.items():
         bundle = tmp_path / f"{name}.textcam"
         shutil.copytree(act_bundle, bundle)
-        add_semantics(bundle, store, fused_candidates=None)
         with pytest.raises(TextcamError, match=message):
+            add_semantics(bundle, store, fused_candidates=None)
             Explainer(bundle)
     bundle = tmp_path / "changed.textcam"
     shutil.copytree(act_bundle, bundle)
     add_semantics(bundle, make_store(model_sha256=sha))
-    with open(bundle / FUSED_FILE, "ab") as handle:
-        handle.write(b"\0")
+    with open(bundle / FUSED_FILE, "r+b") as handle:  # same size, other content
+        handle.seek(-1, 2)
+        last = handle.read(1)
+        handle.seek(-1, 2)
+        handle.write(bytes([last[0] ^ 1]))
     with pytest.raises(TextcamError, match="checksum differs"):
         Explainer(bundle)
     assert Explainer(bundle, use_fused=False).explain(random_batch(2, 1))[0].concepts

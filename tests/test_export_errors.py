@@ -347,7 +347,10 @@ def test_existing_bundle_is_replaced_and_an_empty_directory_is_used(tmp_path):
     out.mkdir()  # an empty directory is fine
     export_bundle(TinyNet(), "conv", out, input_size=16)
     first = (out / "manifest.json").read_text()
-    export_bundle(TinyNet(), "conv", out, input_size=16, class_names=["a", "b", "c"])
+    with pytest.raises(TextcamError, match="pass force=True"):  # an existing bundle is kept without force
+        export_bundle(TinyNet(), "conv", out, input_size=16, class_names=["a", "b", "c"])
+    assert (out / "manifest.json").read_text() == first
+    export_bundle(TinyNet(), "conv", out, input_size=16, class_names=["a", "b", "c"], force=True)
     assert (out / "manifest.json").read_text() != first and '"a"' in (out / "manifest.json").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.textcam"]
 

@@ -22,6 +22,7 @@ from textcam.cli.explain_cmd import explain_command
 from textcam.cli.export_cmd import export_command
 from textcam.cli.info_cmd import info_command
 from textcam.cli.safe_text import safe_text
+from textcam.cli.selftest_cmd import selftest_command
 from textcam.cli.semantics_cmd import semantics_command
 from textcam.errors import TextcamError
 
@@ -121,3 +122,4 @@ main.add_command(bench_command)
 main.add_command(demo_command)
 main.add_command(semantics_command)
 main.add_command(build_engine_command)
+main.add_command(selftest_command)

@@ -59,11 +59,11 @@ def bench_command(bundle, batch_sizes, rounds, threads, as_json, backend, precis
     from textcam.runtime.plain_baseline import plain_inference
     from textcam.runtime.timing import interleaved_medians
 
-    warning = load_warning()
-    if warning:
-        click.echo(warning, err=True)
     explainer = Explainer(resolve_bundle(bundle), batch_size=max(batch_sizes),
                           **backend_settings(backend, precision, threads))
+    warning = load_warning()  # after the checks, so that a bad option is still one line
+    if warning:
+        click.echo(warning, err=True)
     spec = explainer.bundle.input
     if backend == "tensorrt":
         click.echo("building the plain-inference engine (logits only) for the baseline", err=True)

@@ -122,13 +122,16 @@ def export_command(model_spec, layer, method, input_size, weights, num_classes, 
     from textcam.runtime.bundle_files import read_manifest
 
     manifest = read_manifest(bundle)
-    check = manifest["verification"]
-    trt = manifest["tensorrt"]
+    if hasattr(manifest, "to_dict"):  # the typed manifest (format 2); format 1 read as a plain dict
+        manifest = manifest.to_dict()
+    check = manifest.get("verification") or {}
+    trt = manifest.get("tensorrt") or {}
     click.echo(safe_text(
         f"wrote {bundle} in {time.perf_counter() - started:.1f}s: layer {manifest['target_layer']['name']}, "
         f"method {manifest['method']}, {manifest['model']['size_bytes'] / 1e6:.1f} MB; verified on batches "
-        f"{check['batch_sizes']}: logits rel err {check['logits_max_rel_err']:.1e}, "
-        f"cam abs err {check['cam_max_abs_err']:.1e}; TensorRT-compatible: {'yes' if trt['compatible'] else 'no'}"
+        f"{check.get('batch_sizes')}: logits rel err {check.get('logits_max_rel_err', float('nan')):.1e}, "
+        f"cam abs err {check.get('cam_max_abs_err', float('nan')):.1e}; TensorRT-compatible: "
+        f"{'yes' if trt.get('compatible') else 'no'}"
     ))
-    for problem in trt["problems"]:
+    for problem in trt.get("problems", []):
         click.echo(safe_text(f"  TensorRT: {problem}"), err=True)

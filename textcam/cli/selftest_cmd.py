@@ -1,0 +1,53 @@
+"""``textcam selftest``: hold a backend to the bundle's conformance self-test."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from textcam.cli.backend_options import backend_option, backend_settings, precision_option
+from textcam.cli.bundle_arg import BUNDLE_HELP, resolve_bundle
+
+
+@click.command("selftest", epilog=BUNDLE_HELP)
+@click.argument("bundle", type=click.Path(file_okay=False))
+@backend_option
+@precision_option
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object instead of the table.")
+def selftest_command(bundle, backend, precision, threads, as_json):
+    """Check that a backend reproduces the bundle's self-test: PASS or FAIL, exit status 0 or 1.
+
+    Every bundle carries a few images and the outputs the reference host (ONNX Runtime on the
+    CPU) computed for them, with a tolerance per output. This runs the stored images through
+    the chosen backend twice: the stored preprocessed tensor through the graph (rows 'graph':
+    the graph alone), and the raw images end to end (row 'preprocess': this runtime's resize and
+    normalization; rows 'end-to-end': the whole answer). Each row shows the worst difference
+    and its tolerance.
+
+    fp16/bf16 (--precision) are held to the engine parity limits (2e-2, 5e-2) instead of the
+    fp32 ones; predicted classes and phrases must still match exactly.
+
+    \b
+    Examples:
+      textcam selftest resnet50.textcam
+      textcam selftest resnet50.textcam --backend onnxruntime-cuda
+      textcam selftest resnet50.textcam --backend tensorrt --precision fp16 --json
+    """
+    from textcam.runtime import Explainer
+
+    explainer = Explainer(resolve_bundle(bundle), **backend_settings(backend, precision, threads))
+    try:
+        report = explainer.selftest()
+    finally:
+        explainer.close()
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        click.echo(f"{report.bundle}: {report.images} images, backend {report.backend} ({report.precision})")
+        click.echo(report.table())
+        click.echo("PASS" if report.passed else f"FAIL ({len(report.failed)} of {len(report.rows)} checks)")
+    if not report.passed:
+        sys.exit(1)
