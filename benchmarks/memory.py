@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 
 CASES = ("explain", "explain+overlay")
+# the same script on commit 37b11bc, before the in-place heatmap and the bounded overlay (MB)
+BEFORE = {"25 MP": {"explain": 399, "explain+overlay": 1401}, "100 MP": {"explain": 1601, "explain+overlay": 5602}}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -141,7 +143,10 @@ def write_markdown(report: dict, path: Path) -> None:
             f"| {row['image']} | {row['pixels']:,} | {row['case']} | {row['peak_extra_mb']:.0f} | "
             f"{row['peak_extra_mb'] * 1e6 / row['pixels']:.2f} | {overlay} | {row['seconds']:.1f} |"
         )
-    lines += ["", f"Machine: {report['machine']}, Python {report['python']}.", ""]
+    before = "; ".join(f"{size}: explain {v['explain']} MB, +overlay {v['explain+overlay']} MB (full-size overlay)"
+                       for size, v in BEFORE.items())
+    lines += ["", f"Before (commit 37b11bc, same script): {before}.", "",
+              f"Machine: {report['machine']}, Python {report['python']}.", ""]
     path.write_text("\n".join(lines))
 
 

@@ -37,7 +37,7 @@ OVERLAY_WORKSPACE_BYTES = 64_000_000
 DEFAULT_MAX_PIXELS = (
     (MEMORY_BUDGET_BYTES - 4 * MAX_OVERLAY_PIXELS - OVERLAY_WORKSPACE_BYTES) // BYTES_PER_PIXEL // 10**6 * 10**6
 )
-BAND_PIXELS = 1 << 20
+BAND_PIXELS = 1 << 18
 """Row bands of about this many pixels bound the temporaries of conversions and overlays."""
 
 _TRANSPOSE = {

@@ -120,10 +120,10 @@ PREPROCESSING: dict[str, Any] = {
     },
     "layout": "float32 [3, H, W] per image (CHW, channels R, G, B), stacked into [B, 3, H, W]",
     "heatmap": (
-        "the graph's cam [H, W] is resized (Pillow BILINEAR on float32, the same coefficients without fixed "
-        "point and with a float32 intermediate) to width x height for stretch; for center_crop to the box "
-        "with edges rounded half up (x0 = floor(left + 0.5), x1 = max(floor(right + 0.5), x0 + 1), likewise "
-        "y) and placed there, zero outside; then clamped to [0, 1]"
+        "the graph's cam [H, W] is resized (Pillow BILINEAR on float32: the same coefficients and pass order, "
+        "no fixed point, sums in double stored as float32 after each pass) to width x height for stretch; "
+        "for center_crop to the box with edges rounded half up (x0 = floor(left + 0.5), "
+        "x1 = max(floor(right + 0.5), x0 + 1), likewise y) and placed there, zero outside; then clamped to [0, 1]"
     ),
     "tolerance": (
         "a host following this statement reproduces the resized 8-bit image within 1 grey level per pixel "

@@ -189,7 +189,7 @@ def test_bundle_problems(small_bundle, tmp_path):
     broken = tmp_path / "b.textcam"
     shutil.copytree(small_bundle, broken)
     (broken / "model.onnx").unlink()
-    with pytest.raises(TextcamError, match=r"model\.onnx: missing"):
+    with pytest.raises(TextcamError, match=r"model\.onnx: the graph named in the manifest is missing"):
         Bundle.open(broken)
     shutil.copy(Path(small_bundle) / "model.onnx", broken / "model.onnx")
     data = (broken / "model.onnx").read_bytes()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
 from textcam.cli.backend_options import backend_option, backend_settings, precision_option
 from textcam.cli.bundle_arg import BUNDLE_HELP, resolve_bundle
+from textcam.cli.safe_text import json_text, safe_text
 
 
 @click.command("selftest", epilog=BUNDLE_HELP)
@@ -44,10 +44,14 @@ def selftest_command(bundle, backend, precision, threads, as_json):
     finally:
         explainer.close()
     if as_json:
-        click.echo(json.dumps(report.to_dict()))
+        text, ok = json_text(report.to_dict())  # strict JSON; a non-finite number becomes an error record
+        click.echo(text)
+        if not ok:
+            sys.exit(1)
     else:
-        click.echo(f"{report.bundle}: {report.images} images, backend {report.backend} ({report.precision})")
-        click.echo(report.table())
+        click.echo(safe_text(f"{report.bundle}: {report.images} images, backend {report.backend} "
+                             f"({report.precision})"))
+        click.echo("\n".join(safe_text(line) for line in report.table().splitlines()))
         click.echo("PASS" if report.passed else f"FAIL ({len(report.failed)} of {len(report.rows)} checks)")
     if not report.passed:
         sys.exit(1)
