@@ -31,7 +31,6 @@ from textcam.runtime.bundle import Bundle
 from textcam.runtime.bundle_files import MANIFEST_FILE, MODEL_FILE, fsync_dir, sha256_file, write_manifest
 from textcam.runtime.manifest import FileRef, Manifest
 
-LOCK_FILE = ".textcam-update.lock"
 GENERATED = re.compile(
     r"^(semantics(-[0-9a-f]{12})?\.safetensors|model\.semantics(-[0-9a-f]{12})?\.onnx"
     r"|selftest(-[0-9a-f]{12})?\.safetensors|\..+\.tmp)$"
@@ -114,14 +113,11 @@ def update_bundle(path: str | Path | Bundle, checkpoint: Callable[[str], None] =
     the manifest switch); the atomicity tests inject failures there.
     """
     bundle_path = path.path if isinstance(path, Bundle) else Path(path)
-    lock_path = bundle_path / LOCK_FILE
-    try:
-        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        if not bundle_path.is_dir():
-            raise TextcamError(f"{bundle_path}: not a bundle directory") from None
-        raise TextcamError(f"{bundle_path}: cannot change the bundle ({exc.strerror or exc}); is it writable?"
-                           ) from None
+    if not bundle_path.is_dir():
+        raise TextcamError(f"{bundle_path}: not a bundle directory")
+    if not os.access(bundle_path, os.W_OK | os.X_OK):
+        raise TextcamError(f"{bundle_path}: cannot change the bundle; is it writable?")
+    lock = os.open(bundle_path, os.O_RDONLY)  # the directory itself is the lock: no lock file in the bundle
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         bundle = _with_sizes(Bundle.open(bundle_path))  # under the lock: another update may just have finished
@@ -156,7 +152,7 @@ def _referenced_names(manifest: Manifest) -> set[str]:
 
 def remove_unreferenced(bundle_path: Path, manifest: Manifest) -> list[str]:
     """Delete files textcam generated that ``manifest`` no longer names (best effort)."""
-    keep = _referenced_names(manifest) | {MANIFEST_FILE, MODEL_FILE, LOCK_FILE}
+    keep = _referenced_names(manifest) | {MANIFEST_FILE, MODEL_FILE}
     removed = []
     for folder, pattern in (("", GENERATED), ("engines", GENERATED_ENGINES)):
         directory = bundle_path / folder if folder else bundle_path

@@ -32,40 +32,56 @@ def info_command(bundle, as_json):
             click.echo(f"error: {safe_text(opened.path)}: the manifest holds a non-finite number", err=True)
             sys.exit(1)
         return
-    model, spec, layer = manifest["model"], opened.input, manifest["target_layer"]
+    info = opened.info
+    model, spec, layer = info.model, info.input, info.target_layer
     classes = opened.classes
     shown = ", ".join(classes[:8]) + (f", ... ({len(classes)} in all)" if len(classes) > 8 else "")
-    outputs = ", ".join(o["name"] for o in manifest["graph"]["outputs"])
-    check = manifest.get("verification") or {}
-    trt = manifest.get("tensorrt") or {}
+    outputs = ", ".join(o.name for o in info.graph.outputs)
+    errors = info.verification.errors if info.verification else {}
+    trt = info.tensorrt
+    weights = model.details.get("weights")
     lines = [
         f"bundle      {opened.path}",
-        f"model       {model.get('source')}" + (f" (weights {model['weights']})" if model.get("weights") else ""),
-        f"graph       {model['file']}, {model['size_bytes'] / 1e6:.1f} MB, sha256 {model['sha256'][:12]}...",
+        f"model       {model.source}" + (f" (weights {weights})" if weights else ""),
+        f"graph       {model.graph.file}, {model.graph.size_bytes / 1e6:.1f} MB, sha256 {model.graph.sha256[:12]}...",
         f"input       {spec.height}x{spec.width} RGB, resize {spec.resize}, "
-        f"mean {list(spec.mean)}, std {list(spec.std)}",
-        f"layer       {layer['name']} ({layer['kind']}, {layer['channels']} channels, grid "
-        f"{layer['grid'][0]}x{layer['grid'][1]})",
-        f"method      {manifest['method']}",
+        f"mean {list(spec.mean)}, std {list(spec.std)}"
+        + (f", preprocessing recorded (v{spec.preprocessing.get('version', '?')})" if spec.preprocessing else ""),
+        f"layer       {layer.name} ({layer.kind}, {layer.channels} channels, grid {layer.grid[0]}x{layer.grid[1]})",
+        f"method      {info.method}",
         f"classes     {shown}",
         f"outputs     {outputs}",
-        f"verified    logits rel err {check.get('logits_max_rel_err', float('nan')):.1e}, "
-        f"cam abs err {check.get('cam_max_abs_err', float('nan')):.1e} (batches {check.get('batch_sizes')})",
-        "tensorrt    " + ("compatible" if trt.get("compatible") else "no: " + "; ".join(trt.get("problems", []))),
-        f"semantics   {_semantics(manifest.get('semantics'))}",
+        f"verified    logits rel err {_number(errors.get('logits_max_rel_err'))}, "
+        f"cam abs err {_number(errors.get('cam_max_abs_err'))} "
+        f"(batches {list(info.verification.batch_sizes) if info.verification else '?'})",
+        "tensorrt    " + ("compatible" if trt.get("compatible") else "no: " + "; ".join(map(str, trt.get("problems") or
+                                                                                          ["not checked"]))),
+        f"semantics   {_semantics(info)}",
+        f"selftest    {_selftest(info)}",
         f"engines     {_engines(manifest)}",
-        f"producer    textcam {manifest['producer'].get('textcam')}, torch {manifest['producer'].get('torch')}",
+        f"producer    textcam {info.producer.get('textcam', '?')}, torch {info.producer.get('torch', '?')}",
     ]
     click.echo("\n".join(safe_text(line) for line in lines))  # names in the manifest are untrusted text
 
 
-def _semantics(entry: dict | None) -> str:
+def _number(value) -> str:
+    return f"{value:.1e}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
+
+
+def _semantics(info) -> str:
+    entry = info.semantics
     if not entry:
         return "none (heatmaps only; textcam semantics adds phrases)"
-    details = [f"{entry.get('vocabulary_size', '?')} phrases", f"CLIP {entry.get('clip_model', '?')}",
-               f"LDA {entry.get('lda', '?')}", f"M={entry.get('m', '?')}"]
-    fused = " + fused ranking graph" if entry.get("fused_graph") else ""
-    return f"{entry.get('file')}{fused} ({', '.join(details)})"
+    details = [f"{entry.vocabulary_size} phrases", f"CLIP {entry.clip_model}", f"LDA {entry.lda}", f"M={entry.m}"]
+    fused = f" + fused ranking graph {info.fused_graph.graph.file}" if info.fused_graph else ""
+    return f"{entry.store.file}{fused} ({', '.join(details)})"
+
+
+def _selftest(info) -> str:
+    if not info.selftest:
+        return "none (re-export to add one; `textcam selftest` needs it)"
+    kind = "outputs and phrases" if info.selftest.concepts else "outputs"
+    return f"{info.selftest.data.file} ({info.selftest.images} images, expected {kind}; run `textcam selftest`)"
 
 
 def _engines(manifest: dict) -> str:
