@@ -37,7 +37,6 @@ from textcam.errors import TextcamError, first_line
 from textcam.runtime.bundle_files import write_file_atomic
 from textcam.runtime.concepts import BETA_MODES, MAX_CANDIDATES
 
-FUSED_FILE = "model.semantics.onnx"
 OUTPUTS = ("concept_ids", "concept_scores")
 PREFIX = "textcam_ranking/"
 EPS = 1e-12

@@ -22,9 +22,7 @@ from typing import Any
 import numpy as np
 
 from textcam.errors import TextcamError, first_line
-from textcam.runtime.bundle_files import write_file_atomic
 
-STORE_FILE = "semantics.safetensors"
 STORE_FORMAT = "textcam-semantics"
 STORE_VERSION = 1
 JSON_KEYS = ("phrases", "templates", "lda", "probe")
@@ -69,12 +67,6 @@ def store_bytes(store: SemanticsStore) -> bytes:
         "text_embeddings": np.ascontiguousarray(store.text_embeddings, dtype=np.float16),
     }
     return save(tensors, metadata=metadata)
-
-
-def write_store(bundle: Path, store: SemanticsStore) -> Path:
-    path = Path(bundle) / STORE_FILE
-    write_file_atomic(path, store_bytes(store))
-    return path
 
 
 def read_store(path: Path, model_sha256: str | None = None, channels: int | None = None) -> SemanticsStore:

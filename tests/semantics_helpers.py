@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from textcam.runtime.bundle_files import read_manifest, sha256_file, write_manifest
-from textcam.runtime.fused_ranking import FUSED_FILE, fuse_ranking
-from textcam.runtime.semantics_file import STORE_FILE, SemanticsStore, write_store
+from textcam.runtime.bundle_files import read_manifest
+from textcam.runtime.bundle_update import update_bundle
+from textcam.runtime.fused_ranking import fuse_ranking
+from textcam.runtime.manifest import FusedGraphSection, SemanticsSection
+from textcam.runtime.semantics_file import SemanticsStore, store_bytes
 
 CLASSES = ["circle", "square", "triangle", "star", "cross"]
 
@@ -41,40 +43,28 @@ def make_store(channels=512, dim=32, vocabulary=60, seed=0, model_sha256="", com
     )
 
 
-def manifest_dict(bundle: Path) -> dict:
-    """The bundle's manifest as a plain dict (read_manifest returns a typed Manifest from format 2 on)."""
-    manifest = read_manifest(bundle)
-    return manifest.to_dict() if hasattr(manifest, "to_dict") else dict(manifest)
-
-
 def model_sha256(bundle: Path) -> str:
-    return manifest_dict(bundle)["model"]["sha256"]
+    return read_manifest(bundle).model.graph.sha256
 
 
 def add_semantics(bundle: Path, store: SemanticsStore, fused_candidates: int | None = 24, defaults=None) -> Path:
-    """Write the store (and optionally the fused graph) and record them in the manifest."""
-    manifest = manifest_dict(bundle)
-    path = write_store(bundle, store)
-    entry = {
-        "file": STORE_FILE, "sha256": sha256_file(path), "size_bytes": path.stat().st_size,
-        "channels": store.channels, "dim": store.dim, "vocabulary_size": len(store.phrases),
-        "clip_model": store.clip_model, "lda": "shrinkage", "m": 50,
-        "defaults": defaults or {"beta": "contribution", "top_k": 4, "candidates": 16, "l1": 0.3, "l2": 0.2,
-                                 "steps": 100},
-    }
-    fused = None
-    if fused_candidates:
-        # what is fused is what the store holds: fp16 values
-        fused = fuse_ranking(bundle / "model.onnx", bundle / FUSED_FILE,
-                             store.channel_semantics.astype(np.float16).astype(np.float32),
-                             store.text_embeddings.astype(np.float16).astype(np.float32),
-                             entry["defaults"].get("beta", "contribution"), fused_candidates)
-        fused["size_bytes"] = (bundle / FUSED_FILE).stat().st_size
-    if manifest.get("format_version", 1) >= 2:  # format 2: fused_graph is a top-level section
-        manifest["semantics"], manifest["fused_graph"] = entry, fused
-    else:
-        manifest["semantics"] = {**entry, "fused_graph": fused}
-    write_manifest(bundle, manifest)
+    """Stage the store (and optionally the fused graph) and record them, as `textcam semantics` does."""
+    defaults = defaults or {"beta": "contribution", "top_k": 4, "candidates": 16, "l1": 0.3, "l2": 0.2, "steps": 100}
+    with update_bundle(bundle) as update:
+        ref = update.add_bytes("semantics", ".safetensors", store_bytes(store))
+        section = SemanticsSection(ref, store.channels, store.dim, len(store.phrases), store.clip_model,
+                                   "shrinkage", 50, defaults)
+        fused = None
+        if fused_candidates:
+            staged = update.staging_path("model.semantics", ".onnx")
+            # what is fused is what the store holds: fp16 values
+            entry = fuse_ranking(bundle / "model.onnx", staged,
+                                 store.channel_semantics.astype(np.float16).astype(np.float32),
+                                 store.text_embeddings.astype(np.float16).astype(np.float32),
+                                 defaults.get("beta", "contribution"), fused_candidates)
+            fused = FusedGraphSection(update.adopt(staged, "model.semantics", ".onnx"), entry["candidates"],
+                                      entry["beta"])
+        update.manifest = update.manifest.replace(semantics=section, fused_graph=fused)
     return bundle
 
 

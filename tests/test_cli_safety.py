@@ -56,18 +56,20 @@ def strict_json(line: str):
 
 def hostile_bundle(folder: Path, text: str) -> Path:
     """A copy of the default bundle whose class names and phrases all carry ``text``."""
-    from textcam.runtime.bundle_files import sha256_file
-    from textcam.runtime.semantics_file import STORE_FILE, read_store, write_store
+    from textcam.runtime.bundle import Bundle
+    from textcam.runtime.bundle_update import update_bundle
+    from textcam.runtime.semantics_file import read_store
+    from textcam.semantics_store.builder import write_semantics
 
     bundle = folder / "hostile.textcam"
     shutil.copytree(DEFAULT, bundle)
-    manifest = json.loads((bundle / "manifest.json").read_text("utf-8"))
-    manifest["classes"] = [f"{text}{i}" for i in range(len(manifest["classes"]))]
-    store = read_store(bundle / STORE_FILE)
+    with update_bundle(bundle) as update:
+        classes = tuple(f"{text}{i}" for i in range(len(update.manifest.classes)))
+        update.manifest = update.manifest.replace(classes=classes)
+    opened = Bundle.open(bundle)
+    store = read_store(opened.semantics_path)
     store = dataclasses.replace(store, phrases=tuple(f"{text} {i}" for i in range(len(store.phrases))))
-    write_store(bundle, store)
-    manifest["semantics"]["sha256"] = sha256_file(bundle / STORE_FILE)
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2), "utf-8")
+    write_semantics(opened, store, opened.info.semantics.lda, opened.info.semantics.m)
     return bundle
 
 

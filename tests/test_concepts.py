@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from textcam.errors import TextcamError
-from textcam.runtime import Explainer, concepts
-from textcam.runtime.bundle_files import sha256_file, write_manifest
+from textcam.runtime import Bundle, Explainer, concepts
+from textcam.runtime.bundle_files import sha256_file
+from textcam.runtime.bundle_update import update_bundle
 from textcam.runtime.concepts import (
     aggregate,
     channel_groups,
@@ -26,15 +27,13 @@ from textcam.runtime.concepts import (
     select_diverse,
     solve_nonnegative,
 )
-from textcam.runtime.fused_ranking import FUSED_FILE, fuse_ranking
-from textcam.runtime.semantics_file import STORE_FILE
+from textcam.runtime.fused_ranking import fuse_ranking
 
 sys.path.insert(0, str(Path(__file__).parent))
 from semantics_helpers import (
     CLASSES,
     add_semantics,
     make_store,
-    manifest_dict,
     model_sha256,
     random_batch,
     random_unit,
@@ -249,12 +248,12 @@ def test_numpy_map_pipeline_reproduces_the_graph_cam(act_bundle):
 @pytest.mark.parametrize("mode", ["contribution", "weights"])
 def test_fused_graph_agrees_with_numpy_and_keeps_outputs(act_bundle, tmp_path, mode):
     store = make_store(seed=3)
-    info = fuse_ranking(act_bundle / "model.onnx", tmp_path / FUSED_FILE, store.channel_semantics,
+    info = fuse_ranking(act_bundle / "model.onnx", tmp_path / "fused.onnx", store.channel_semantics,
                         store.text_embeddings, mode, 20)
     assert info["candidates"] == 20 and info["beta"] == mode
-    assert info["sha256"] == sha256_file(tmp_path / FUSED_FILE)
+    assert info["sha256"] == sha256_file(tmp_path / "fused.onnx")
     plain = ort.InferenceSession(str(act_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
-    fused = ort.InferenceSession(str(tmp_path / FUSED_FILE), providers=["CPUExecutionProvider"])
+    fused = ort.InferenceSession(str(tmp_path / "fused.onnx"), providers=["CPUExecutionProvider"])
     plain_names = [o.name for o in plain.get_outputs()]
     fused_names = [o.name for o in fused.get_outputs()]
     assert fused_names == [*plain_names, "concept_ids", "concept_scores"]
@@ -275,7 +274,7 @@ def test_fused_graph_agrees_with_numpy_and_keeps_outputs(act_bundle, tmp_path, m
         clear[:, :-1] &= np.abs(gaps) > 1e-5
         np.testing.assert_array_equal(after["concept_ids"][clear], ids[clear])
     with pytest.raises(TextcamError, match="already has concept_ids"):
-        fuse_ranking(tmp_path / FUSED_FILE, tmp_path / "again.onnx", store.channel_semantics,
+        fuse_ranking(tmp_path / "fused.onnx", tmp_path / "again.onnx", store.channel_semantics,
                      store.text_embeddings, mode, 20)
     with pytest.raises(TextcamError, match="channels"):
         fuse_ranking(act_bundle / "model.onnx", tmp_path / "x.onnx", store.channel_semantics[:100],
@@ -337,9 +336,8 @@ def test_groups_need_activations_and_a_channel_weight_method(small_bundle, seman
         Explainer(small_bundle).explain(random_batch(1, 1), groups=True)
     hires = tmp_path / "hires.textcam"
     shutil.copytree(semantic_bundle, hires)
-    manifest = manifest_dict(hires)
-    manifest["method"] = "hirescam"
-    write_manifest(hires, manifest)
+    with update_bundle(hires) as update:
+        update.manifest = update.manifest.replace(method="hirescam")
     with pytest.raises(TextcamError, match="channel-weight CAM method"):
         Explainer(hires).explain(random_batch(1, 1), groups=True)
 
@@ -360,7 +358,8 @@ def test_store_problems_are_reported(act_bundle, tmp_path):
     bundle = tmp_path / "changed.textcam"
     shutil.copytree(act_bundle, bundle)
     add_semantics(bundle, make_store(model_sha256=sha))
-    with open(bundle / FUSED_FILE, "r+b") as handle:  # same size, other content
+    written = Bundle.open(bundle).info
+    with open(bundle / written.fused_graph.graph.file, "r+b") as handle:  # same size, other content
         handle.seek(-1, 2)
         last = handle.read(1)
         handle.seek(-1, 2)
@@ -368,7 +367,7 @@ def test_store_problems_are_reported(act_bundle, tmp_path):
     with pytest.raises(TextcamError, match="checksum differs"):
         Explainer(bundle)
     assert Explainer(bundle, use_fused=False).explain(random_batch(2, 1))[0].concepts
-    (bundle / STORE_FILE).unlink()
+    (bundle / written.semantics.store.file).unlink()
     with pytest.raises(TextcamError, match="missing"):
         Explainer(bundle, use_fused=False)
 
