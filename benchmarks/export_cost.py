@@ -53,7 +53,7 @@ def child(spec: dict) -> dict:
     if spec["kind"] == "textcam":
         from textcam.export import export_bundle
 
-        export_bundle(model, spec["layer"], out, method=spec["method"], input_size=input_hw)
+        export_bundle(model, spec["layer"], out, method=spec["method"], input_size=input_hw, force=True)
         wall = time.perf_counter() - start
         manifest = json.loads((out / "manifest.json").read_text())
         result = {

@@ -271,8 +271,15 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
     return message
 
 
-def test_bundle_without_selftest(tmp_path):
+def _without_selftest(tmp_path) -> Path:
     plain = _copy(DEFAULT_BUNDLE, tmp_path)
+    with update_bundle(plain) as update:
+        update.manifest = update.manifest.replace(selftest=None)
+    return plain
+
+
+def test_bundle_without_selftest(tmp_path):
+    plain = _without_selftest(tmp_path)
     with pytest.raises(TextcamError, match=r"no self-test.*re-run `textcam export`") as exc:
         Explainer(plain).selftest()
     _one_line(exc)
@@ -374,7 +381,7 @@ def test_cli_errors(default_st, args, message):
 def test_cli_without_selftest_is_one_line(tmp_path):
     from textcam.cli import main
 
-    result = CliRunner().invoke(main, ["selftest", str(_copy(DEFAULT_BUNDLE, tmp_path))])
+    result = CliRunner().invoke(main, ["selftest", str(_without_selftest(tmp_path))])
     assert result.exit_code == 1
     assert result.output.count("\n") == 1 and "re-run `textcam export`" in result.output
 
