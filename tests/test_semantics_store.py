@@ -118,9 +118,11 @@ def test_unreadable_probe_files(bundle, tmp_path, clip):
     assert report.probe_images == 120 and [p.name for p, _ in report.failed] == ["broken.png"]
     for i in range(3):
         (folder / f"bad{i}.jpg").write_bytes(b"")
+    before = Bundle.open(bundle).info
     with pytest.raises(TextcamError, match="more than 1%"):
         build_semantics(bundle, folder, clip, vocab=["builtin:classes"], m=4, fuse=False, show_progress=False)
-    assert Bundle.open(bundle).info.semantics is None  # nothing half-written or recorded
+    assert Bundle.open(bundle).info == before  # nothing half-written or recorded
+    assert read_store(store_path(bundle)).phrases == read_store(Bundle.open(bundle).semantics_path).phrases
 
 
 def test_vocabulary_files(tmp_path):
