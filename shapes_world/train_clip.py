@@ -124,14 +124,18 @@ TOKEN_TABLE = "token_embedding.weight"
 
 
 def known_texts(count: int = 2000, seed: int = 0) -> list[str]:
-    """Every kind of text the model is meant to read: sampled training captions, the built-in
-    vocabularies and the default prompt templates."""
-    from textcam.semantics_store.vocabulary import BUILTIN_FILES, DEFAULT_TEMPLATES, builtin_phrases
+    """Every kind of text the model is meant to read: sampled training captions, its own vocabulary
+    (``builtin:shapes-world``, whose distractors it reads on purpose) and the prompt templates.
+
+    Not ``builtin:attributes``: those words never occur in training, so their rows would be the
+    untrained initial values and a vocabulary of them would rank as confident nonsense. Dropped
+    rows load as zeros, which ``textcam semantics`` refuses by name."""
+    from textcam.semantics_store.vocabulary import DEFAULT_TEMPLATES, builtin_phrases
 
     world, rng = ShapesWorld(64, seed=seed), np.random.default_rng(seed)
     texts = [training_caption(world.scene(i), rng)[0] for i in range(count)]
     texts += [phrase(f, v) for f, (values, _) in FAMILIES.items() for v in values]
-    texts += [p for source in BUILTIN_FILES for p in builtin_phrases(source)]
+    texts += builtin_phrases("builtin:shapes-world")
     return texts + list(DEFAULT_TEMPLATES) + list(PROMPT_TEMPLATES)
 
 

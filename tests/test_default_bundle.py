@@ -4,7 +4,7 @@ fresh held-out scenes (seeds no build step uses)."""
 import numpy as np
 import pytest
 
-from textcam.runtime import Explainer
+from textcam.runtime import Bundle, Explainer
 from textcam.shapes_world import BACKGROUNDS, SHAPES, ShapesWorld, artifacts
 
 FRESH_SEED = 424_242
@@ -16,10 +16,15 @@ def fresh_scenes(count: int, **fixed):
 
 
 def test_committed_artifacts_are_complete_and_under_20_mb():
-    expected = [artifacts.DEFAULT_BUNDLE / "model.onnx", artifacts.DEFAULT_BUNDLE / "semantics.safetensors",
-                artifacts.SPURIOUS_BUNDLE / "semantics.safetensors", artifacts.CLIP_CHECKPOINT, artifacts.REPORT,
-                artifacts.classifier_weights("color"), artifacts.classifier_weights("spurious")]
+    bundles = [Bundle.open(artifacts.DEFAULT_BUNDLE), Bundle.open(artifacts.SPURIOUS_BUNDLE)]
+    expected = [artifacts.CLIP_CHECKPOINT, artifacts.REPORT, artifacts.classifier_weights("color"),
+                artifacts.classifier_weights("spurious")]
+    expected += [b.path / name for b in bundles for name in b.info.files()]
     assert [p for p in expected if not p.is_file()] == []
+    assert all(b.semantics_path and b.fused_graph_path and b.selftest_path for b in bundles)  # checked files
+    # nothing else: no file that no manifest names (an update that did not tidy up)
+    for bundle in bundles:
+        assert {p.name for p in bundle.path.iterdir()} == {"manifest.json", *bundle.info.files()}
     total = sum(p.stat().st_size for p in artifacts.ARTIFACTS.rglob("*") if p.is_file())
     assert total < 20 * 2**20
 
@@ -87,4 +92,4 @@ def test_info_describes_the_default_bundles_semantics():
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     line = next(line for line in run.stdout.splitlines() if line.startswith("semantics"))
-    assert "semantics.safetensors" in line and "textcam-tiny-clip" in line and "M=" in line
+    assert "semantics-" in line and ".safetensors" in line and "textcam-tiny-clip" in line and "M=" in line

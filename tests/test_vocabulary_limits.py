@@ -207,11 +207,14 @@ def test_shapes_world_vocabulary_is_fully_covered_by_the_tiny_clip(tiny_clip):
     assert report.describe().startswith(f"{len(phrases)} of {len(phrases)} phrases (100.0%) fully covered")
 
 
-def test_builtin_attributes_rows_are_in_the_shipped_checkpoint(tiny_clip):
-    """The shipped checkpoint stored the rows of every built-in vocabulary (``known_texts``), so
-    builtin:attributes is covered by rows even though its words were never trained (see the report)."""
+def test_the_shipped_tiny_clip_refuses_builtin_attributes(tiny_clip):
+    """The compact checkpoint holds only the rows of the texts it was trained to read (its captions and
+    builtin:shapes-world), so the general attribute vocabulary is refused by name, not ranked as nonsense."""
     phrases = load_vocabulary(["builtin:attributes"], []).phrases
-    assert tiny_clip.coverage(phrases, vocabulary.DEFAULT_TEMPLATES).fraction == 1.0
+    report = tiny_clip.coverage(phrases, vocabulary.DEFAULT_TEMPLATES)
+    assert report.fraction < 0.25 and "crimson" in report.missing_words
+    with pytest.raises(TextcamError, match=r"builtin:attributes: \d+ of 265 phrase\(s\) cannot be read.*'crimson'"):
+        tiny_clip.check_coverage(phrases, vocabulary.DEFAULT_TEMPLATES, where="--vocab builtin:attributes")
 
 
 @pytest.mark.parametrize("phrases, words, affected", [
