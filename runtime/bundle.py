@@ -68,12 +68,15 @@ class Bundle:
 
     # ---- files -------------------------------------------------------------------------------
 
-    def file(self, ref: FileRef, kind: str) -> Path:
-        """The checked path of a file the manifest names (see the module docstring); cached once checked."""
+    def file(self, ref: FileRef, kind: str, hint: str | None = None) -> Path:
+        """The checked path of a file the manifest names (see the module docstring); cached once checked.
+
+        ``hint`` replaces the generic advice in errors (e.g. the exact ``textcam build-engine`` command).
+        """
         cached = self._checked.get(ref.file)
         if cached is not None:
             return cached
-        what, hint = _WHAT[kind], _HINTS[kind]
+        what, hint = _WHAT[kind], hint or _HINTS[kind]
         path = self.path / ref.file
         root = os.path.realpath(self.path)
         real = os.path.realpath(path)
@@ -113,9 +116,9 @@ class Bundle:
     def selftest_path(self) -> Path | None:
         return self.file(self.info.selftest.data, "selftest") if self.info.selftest else None
 
-    def engine_path(self, entry) -> Path:
+    def engine_path(self, entry, hint: str | None = None) -> Path:
         """The checked ``.plan`` of one of ``info.engines``."""
-        return self.file(FileRef(entry.file, entry.sha256, entry.size_bytes), "engine")
+        return self.file(FileRef(entry.file, entry.sha256, entry.size_bytes), "engine", hint)
 
     def engine_onnx_path(self, entry) -> Path:
         """The graph an engine was built from (``model.onnx`` or its reduced-precision copy)."""

@@ -11,8 +11,13 @@ from textcam.errors import TextcamError
 from textcam.runtime.backends import GraphRunner
 from textcam.runtime.bundle import Bundle
 from textcam.runtime.images import IMAGE_SUFFIXES, load_image, preprocess
+from textcam.semantics_store.vocabulary import read_text_file
 
 MAX_FAILED_FRACTION = 0.01
+
+
+MAX_LIST_BYTES = 1 << 30
+"""A probe list file: ten million paths of 100 characters fit; nothing larger is read."""
 
 
 def list_probe_images(probe: str | Path) -> list[Path]:
@@ -23,11 +28,8 @@ def list_probe_images(probe: str | Path) -> list[Path]:
         if not paths:
             raise TextcamError(f"--probe {probe}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return paths
-    if probe.is_file():
-        try:
-            lines = probe.read_text("utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TextcamError(f"--probe {probe}: cannot read the list ({exc})") from None
+    if probe.exists():
+        lines = read_text_file(probe, "--probe", MAX_LIST_BYTES).splitlines()
         paths = [(probe.parent / line.strip()) for line in lines if line.strip() and not line.startswith("#")]
         if not paths:
             raise TextcamError(f"--probe {probe}: the list is empty; expected one image path per line")

@@ -381,7 +381,8 @@ def test_engine_for_another_gpu_is_refused_before_loading(fake_gpu, bundle_copy)
 def test_truncated_engine_file_is_caught_by_the_manifest(fake_gpu, bundle_copy):
     entry = _add_engine(bundle_copy, b"0123456789")
     (bundle_copy / entry.file).write_bytes(b"01234")
-    with pytest.raises(TextcamError, match=r"5 bytes, the manifest says 10 \(truncated or replaced\)"):
+    with pytest.raises(TextcamError, match=r"5 bytes, the manifest says 10 \(truncated or replaced\); "
+                                           r"rebuild it with `textcam build-engine .* --precision fp32"):
         fake_gpu.TensorRTRunner(Bundle.open(bundle_copy))
 
 

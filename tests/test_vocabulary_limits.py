@@ -308,3 +308,24 @@ def test_semantics_command_reports_coverage(tmp_path):
     assert "vocabulary coverage: 50 of 50 phrases (100.0%) fully covered" in result.stdout
 
 
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory without images", "missing", "empty list", "binary"])
+def test_probe_sources_that_cannot_be_read(tmp_path, kind):
+    from textcam.semantics_store.probe_set import list_probe_images
+
+    target = tmp_path / "probe"
+    if kind == "fifo":
+        os.mkfifo(target)  # reading it would block forever
+    elif kind == "device":
+        target = Path("/dev/zero")  # reading it would never end
+    elif kind == "directory without images":
+        target.mkdir()
+        (target / "notes.txt").write_text("x")
+    elif kind == "empty list":
+        target.write_text("# only a comment\n\n")
+    elif kind == "binary":
+        target.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(TextcamError) as info:
+        list_probe_images(target)
+    assert str(info.value).startswith(f"--probe {target}") and "\n" not in str(info.value)

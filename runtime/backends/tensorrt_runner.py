@@ -267,7 +267,7 @@ class TensorRTRunner(GraphRunner):
                     f"TensorRT {entry.tensorrt}; this machine has sm{self.gpu.compute_capability.replace('.', '')} "
                     f"({self.gpu.name}) with TensorRT {version}; rebuild with `{hint}`"
                 )
-            self.entry, path = entry, bundle.engine_path(entry)  # checked: confined, size, sha256
+            self.entry, path = entry, bundle.engine_path(entry, f"rebuild it with `{hint}`")  # confined, size, sha256
         self.pool = EnginePool(path.read_bytes(), self.memory, contexts, cuda_graph_batch, str(path), hint)
         expected_inputs = [i["name"] for i in bundle.manifest["graph"]["inputs"]]
         expected_outputs = [o["name"] for o in bundle.manifest["graph"]["outputs"]]
