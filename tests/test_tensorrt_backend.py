@@ -653,3 +653,23 @@ def test_bench_command_on_tensorrt(gpu_bundle, fp32_engine):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{"):])
     assert report["backend"] == "tensorrt" and all(r["plain_ms"] > 0 for r in report["results"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_every_gpu_backend_passes_the_bundle_selftest(gpu_bundle, backend, precision, request):
+    """The bundle's conformance self-test is what every host is held to (fp16 gets the engine tolerances)."""
+    reason = unavailable_reason(backend)
+    if reason:
+        pytest.skip(f"{backend}: {reason}")
+    if backend == "tensorrt":
+        request.getfixturevalue("fp32_engine")
+        if precision == "fp16":
+            from textcam.export.engine_build import build_engine
+
+            build_engine(gpu_bundle, "fp16", 1, 4, 8)
+    explainer = Explainer(gpu_bundle, backend=backend, backend_options={"precision": precision})
+    report = explainer.selftest()
+    assert report.passed, report.table()
+    explainer.close()
