@@ -278,13 +278,23 @@ def test_the_schema_is_valid_and_accepts_the_good_manifest():
     jsonschema.validate(valid(), SCHEMA)
 
 
-@pytest.mark.parametrize(("path", "value", "word"), CASES, ids=CASE_IDS)
-def test_the_schema_refuses_what_python_refuses(path, value, word):
-    data = mutated(path, value)
+def schema_can_say(path, value) -> bool:
+    """False for the rules listed in the schema's description (cross-field, non-finite, depth, free-form)."""
     key = f"{'.'.join(map(str, path))}={'' if value is DROP else value!r}"
-    text = json.dumps(data)
+    text = json.dumps(mutated(path, value))
     inexpressible = "NaN" in text or "Infinity" in text or "[" * 16 in text
     free_form = path[0] in ("producer", "timings", "tensorrt", "verification") or path[-1] in ("weights", "defaults")
-    if any(key.startswith(c) for c in CROSS_FIELD) or inexpressible or free_form:
-        pytest.skip("a rule JSON Schema does not express (cross-field, non-finite numbers, depth, free-form)")
-    assert not jsonschema.Draft202012Validator(SCHEMA).is_valid(data)
+    return not (any(key.startswith(c) for c in CROSS_FIELD) or inexpressible or free_form)
+
+
+SCHEMA_CASES = [(p, v) for p, v, _ in CASES if schema_can_say(p, v)]
+
+
+def test_most_cases_are_the_schemas_too():
+    assert len(SCHEMA_CASES) >= 0.75 * len(CASES)
+
+
+@pytest.mark.parametrize(("path", "value"), SCHEMA_CASES, ids=[f"{'.'.join(map(str, p))}={v!r:.30}"
+                                                               for p, v in SCHEMA_CASES])
+def test_the_schema_refuses_what_python_refuses(path, value):
+    assert not jsonschema.Draft202012Validator(SCHEMA).is_valid(mutated(path, value))
