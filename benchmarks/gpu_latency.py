@@ -77,8 +77,8 @@ def prepare(config: str, precision: str, args, work: Path) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from latency import DEFAULT_LAYERS, build_model, layer_output_shape, token_reshape
 
+    from textcam.engines.build import build_engine
     from textcam.export import export_bundle
-    from textcam.export.engine_build import build_engine
     from textcam.runtime import Explainer
     from textcam.runtime.plain_baseline import plain_inference
 
@@ -120,7 +120,7 @@ def contenders(state: dict, images: np.ndarray) -> dict[str, Callable[[], object
     return {
         "trt-plain": lambda: state["plain"](images),
         "trt-graph": lambda: state["explainer"].runner.run(images, classes),
-        "trt-explain": lambda: state["explainer"].explain(images),
+        "trt-explain": lambda: state["explainer"].explain_batch(images),
         "torch-plain": torch_plain,
         "pytorch-grad-cam": grad_cam,
     }
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     if missing:
         print(f"gpu_latency: cannot run here: {missing}", file=sys.stderr)
         return 1
-    from textcam.runtime.engines import check_precision
+    from textcam.engines.entries import check_precision
 
     for precision in args.precisions:
         check_precision(precision)

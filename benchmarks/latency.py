@@ -189,9 +189,9 @@ def prepare(config: Config, args, work: Path) -> dict:
     from pytorch_grad_cam import GradCAM as PgcGradCAM
     from torchcam.methods import GradCAM as TorchcamGradCAM
 
+    from textcam.engines.graph_surgery import extract_logits_graph
     from textcam.export import export_bundle
     from textcam.runtime import Explainer
-    from textcam.runtime.plain_graph import extract_logits_graph
 
     input_hw = (args.input_size, args.input_size)
     model = build_model(config.model, args.num_classes, input_hw)
@@ -231,7 +231,8 @@ def prepare(config: Config, args, work: Path) -> dict:
         state["logits-subgraph"] = ort_session(sub, args.threads)
     if wanted & {"graph", "explain"}:
         state["explainer"] = Explainer(
-            bundle_dir, intra_op_threads=args.threads, allow_spinning=False, batch_size=max(args.batches)
+            bundle_dir, backend_options={"intra_op_threads": args.threads, "allow_spinning": False},
+            batch_size=max(args.batches)
         )
     # one model copy per eager library: their hooks must not fire in each other's forward
     if "torchcam" in wanted:
@@ -266,7 +267,7 @@ def contenders_for(state: dict, images: np.ndarray, wanted) -> dict[str, Callabl
     if "graph" in wanted:
         calls["graph"] = lambda: state["explainer"].runner.run(images, classes)
     if "explain" in wanted:
-        calls["explain"] = lambda: state["explainer"].explain(images)
+        calls["explain"] = lambda: state["explainer"].explain_batch(images)
     if "torchcam" in wanted:
         extractor, model = state["torchcam"], state["torchcam_model"]
 

@@ -75,7 +75,7 @@ def child(case: str, path: str, max_pixels: int) -> dict:
     from textcam.runtime.images import load_image
     from textcam.shapes_world.artifacts import DEFAULT_BUNDLE, require
 
-    explainer = Explainer(require(DEFAULT_BUNDLE), max_pixels=max_pixels, intra_op_threads=1)
+    explainer = Explainer(require(DEFAULT_BUNDLE), max_pixels=max_pixels, backend_options={"intra_op_threads": 1})
     explainer.explain(np.zeros((32, 32, 3), np.uint8))  # session and arena warm: part of the baseline
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     started = time.perf_counter()

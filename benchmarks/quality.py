@@ -102,8 +102,8 @@ def _randomize_semantics(bundle: Path) -> None:
 def explain_all(bundle: Path, scenes, settings: dict, groups: bool):
     from textcam.runtime import Explainer
 
-    explainer = Explainer(bundle, batch_size=64, use_fused=False, **settings)
-    return explainer.explain([s.image for s in scenes], groups=groups)
+    explainer = Explainer(bundle, batch_size=64, use_fused=False, concepts=settings or None)
+    return explainer.explain_batch([s.image for s in scenes], groups=groups)
 
 
 def torch_classifier(task: str, folder: Path):

@@ -41,7 +41,7 @@ def build_once(size: int, work: Path, m: int) -> dict:
     generate_s = time.perf_counter() - start
     torch.manual_seed(0)
     bundle = export_bundle(torchvision.models.resnet18(num_classes=5), "layer4", work / f"b{size}.textcam",
-                           input_size=(64, 64))
+                           input_size=(64, 64)).path
     report = build_semantics(bundle, probe, load_clip("textcam-tiny-clip"), vocab=["builtin:attributes"], m=m,
                              cache=work / "cache", show_progress=False, log=lambda _m: None)
     return {"probe_images": size, "m": report.m, "channels": report.channels, "generate_s": generate_s,

@@ -8,6 +8,7 @@ import numbers
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -55,6 +56,34 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SELFTEST_FILE = "selftest.safetensors"
 
 
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_bundle` wrote: the bundle's path and the facts worth printing.
+
+    It is path-like (``os.fspath``, ``open``, ``Path(result)``, ``Explainer(result)`` and ``str`` give
+    the bundle directory), so code written for the plain ``Path`` that ``export_bundle`` used to
+    return keeps working; for ``/`` or ``.name`` use ``result.path``.
+    """
+
+    path: Path
+    """The bundle directory."""
+    layer: str
+    """The explained layer (the one chosen when ``target_layer=None``)."""
+    method: str
+    verification: dict
+    """The check against eager PyTorch, as in the manifest: passed, batch sizes, worst errors."""
+    timings: dict[str, float]
+    """Seconds per stage (probe, trace, ONNX export, verify, self-test)."""
+    manifest: dict = field(repr=False)
+    """The manifest written, as a plain dict (format version 2 layout)."""
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
 def _parse_size(input_size) -> tuple[int, int]:
     try:
         size = (input_size, input_size) if isinstance(input_size, numbers.Integral) else tuple(input_size)
@@ -62,9 +91,9 @@ def _parse_size(input_size) -> tuple[int, int]:
         size = ()
     shown = "x".join(str(s) for s in size) if size else repr(input_size)
     if len(size) != 2 or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size):
-        raise TextcamError(f"--input-size {shown}: expected H or HxW (integers), e.g. 224 or 224x288")
+        raise TextcamError(f"input_size={shown}: expected H or HxW (integers), e.g. 224 or 224x288")
     if not all(8 <= s <= 4096 for s in size):
-        raise TextcamError(f"--input-size {shown}: each side must be between 8 and 4096 pixels")
+        raise TextcamError(f"input_size={shown}: each side must be between 8 and 4096 pixels")
     return (int(size[0]), int(size[1]))
 
 
@@ -74,7 +103,7 @@ def _rgb(name: str, values) -> tuple[float, float, float]:
     except (TypeError, ValueError):
         numbers = ()
     if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
-        raise TextcamError(f"{name} {values!r}: expected three finite numbers (R,G,B)")
+        raise TextcamError(f"{name}={values!r}: expected three finite numbers (R,G,B)")
     return numbers
 
 
@@ -100,7 +129,7 @@ def export_bundle(
     source: dict | None = None,
     progress: Callable[[str], None] | None = None,
     force: bool = False,
-) -> Path:
+) -> ExportResult:
     """Export ``model`` into a bundle directory ``out`` holding ``manifest.json`` and ``model.onnx``.
 
     ``target_layer`` is the dotted name of the module whose output is explained (``None``: the
@@ -109,17 +138,19 @@ def export_bundle(
     :mod:`textcam.export.joint_graph`). The graph is verified against eager PyTorch before the
     bundle is written; a failed check raises :class:`~textcam.errors.TextcamError` and leaves
     ``out`` untouched. An existing bundle at ``out`` is replaced only with ``force=True``.
+    Returns an :class:`ExportResult` (path-like: the bundle directory).
 
     Example::
 
         import torchvision
         from textcam.export import export_bundle
-        export_bundle(torchvision.models.resnet50(), "layer4", "resnet50.textcam")
+        result = export_bundle(torchvision.models.resnet50(), "layer4", "resnet50.textcam")
+        print(result.path, result.layer, result.verification["passed"], result.timings)
     """
     if not isinstance(model, nn.Module):
         raise TextcamError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if target_layer is not None and not isinstance(target_layer, str):
-        raise TextcamError(f"--layer {target_layer!r}: expected a dotted module name such as 'layer4'")
+        raise TextcamError(f"target_layer={target_layer!r}: expected a dotted module name such as 'layer4'")
     out = Path(out)
     if not force and looks_like_bundle(out):
         raise TextcamError(f"{out}: a textcam bundle is already there; pass force=True (--force) to replace it")
@@ -128,10 +159,10 @@ def export_bundle(
     if resize not in RESIZE_POLICIES:
         raise TextcamError(f"resize {resize!r}: choose one of {', '.join(RESIZE_POLICIES)}")
     if layout not in LAYOUTS:
-        raise TextcamError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
-    mean, std = _rgb("--mean", mean), _rgb("--std", std)
+        raise TextcamError(f"layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
+    mean, std = _rgb("mean", mean), _rgb("std", std)
     if any(s <= 0 for s in std):
-        raise TextcamError(f"--std {','.join(map(str, std))}: each value must be positive")
+        raise TextcamError(f"std={','.join(map(str, std))}: each value must be positive")
     check_output_dir(out)  # before the slow part
     timings: dict[str, float] = {}
 
@@ -151,11 +182,12 @@ def export_bundle(
     logits, records = probe(model, example)
     layer = choose_layer(model, records, target_layer, input_hw)
     if target_layer is None and progress:
-        progress(f"picked layer '{layer.name}' (output {tuple(layer.output.shape[1:])}); pass --layer to choose")
+        progress(f"picked layer '{layer.name}' (output {tuple(layer.output.shape[1:])}); "
+                 "pass target_layer (--layer) to choose")
     num_classes = int(logits.shape[1])
     if class_names is not None and len(class_names) != num_classes:
         raise TextcamError(
-            f"--class-names: {len(class_names)} names given, but the model has {num_classes} classes; "
+            f"class_names: {len(class_names)} names given, but the model has {num_classes} classes; "
             "give one name per class, in logit order"
         )
     if layout != "auto":
@@ -210,7 +242,9 @@ def export_bundle(
         timings["selftest_s"] = time.perf_counter() - start
         manifest = manifest.replace(timings={k: round(v, 3) for k, v in timings.items()})
         write_manifest(stage, manifest)
-    return out
+    written = manifest.to_dict()
+    return ExportResult(out, layer.name, cam_method.name, dict(written.get("verification") or {}),
+                        dict(manifest.timings), written)
 
 
 def _graph_signature(model: onnx.ModelProto) -> GraphSection:

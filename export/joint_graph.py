@@ -18,12 +18,11 @@ from torch import Tensor, nn
 
 from textcam.export.cam_methods import CamMethod
 from textcam.export.layout import Layout
-from textcam.runtime.concepts import linear_resize_matrix
+from textcam.runtime.heatmap import NORMALIZE_EPS, linear_resize_matrix
 
 OUTPUT_NAMES = ("logits", "class_index", "cam", "channel_weights", "channel_activation")
 ACTIVATIONS_OUTPUT = "activations"
 INPUT_NAMES = ("image", "target_class")
-NORMALIZE_EPS = 1e-7
 
 
 def minmax_normalize(maps: Tensor) -> Tensor:
@@ -35,6 +34,8 @@ def minmax_normalize(maps: Tensor) -> Tensor:
 
 def finish_map(saliency: Tensor, grid: tuple[int, int], input_hw: tuple[int, int]) -> Tensor:
     """[B, h, w] pre-ReLU saliency -> [B, H, W] heatmap in [0, 1] at input resolution.
+
+    The torch twin of :func:`textcam.runtime.heatmap.finish_map` (same resize matrix, same epsilon).
 
     ``grid`` = (h, w) as plain ints: while tracing, the tensor's own sizes are symbolic.
     """

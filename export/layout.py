@@ -58,11 +58,11 @@ def infer_layout(
 ) -> Layout:
     """Decide how ``output`` (the target layer's output on an example batch) becomes a grid."""
     if layout not in LAYOUTS:
-        raise TextcamError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+        raise TextcamError(f"layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
     shape = output.shape
     if layout == "tokens" or (layout == "auto" and output.dim() == 3):
         if output.dim() != 3:
-            raise TextcamError(f"--layout tokens needs a [B, N, C] output, the layer gives {tuple(shape)}")
+            raise TextcamError(f"layout=tokens needs a [B, N, C] output, the layer gives {tuple(shape)}")
         return _token_layout(shape, input_hw, _known_prefix_tokens(model))
     if output.dim() != 4:
         raise TextcamError(

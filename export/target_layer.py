@@ -35,7 +35,7 @@ class ProbedLayer:
 def find_module(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name not in modules or name == "":
-        raise TextcamError(f"--layer {name!r}: no such module in the model{did_you_mean(name, modules)}")
+        raise TextcamError(f"target_layer={name!r}: no such module in the model{did_you_mean(name, modules)}")
     return modules[name]
 
 
@@ -73,7 +73,7 @@ def probe(model: nn.Module, example: Tensor) -> tuple[Tensor, list[ProbedLayer]]
     except Exception as exc:
         h, w = input_hw
         raise TextcamError(
-            f"--input-size {h}x{w}: the model cannot run on a {example.shape[1]}x{h}x{w} input "
+            f"input_size={h}x{w}: the model cannot run on a {example.shape[1]}x{h}x{w} input "
             f"({first_line(exc)}); use an input size the model accepts"
         ) from None
     finally:
@@ -110,23 +110,25 @@ def choose_layer(
         matches = [r for r in records if r.name == name]
         if not matches:
             raise TextcamError(
-                f"--layer {name!r}: this module returns no activation map (it did not run, or its "
+                f"target_layer={name!r}: this module returns no activation map (it did not run, or its "
                 "output is not a float tensor); choose another layer"
             )
         layer = matches[-1]
         if layer.layout is None or layer.layout.grid == (1, 1):
             shape = tuple(layer.output.shape)
-            at = f" at --input-size {input_hw[0]}x{input_hw[1]}" if input_hw else ""
+            at = f" at input_size={input_hw[0]}x{input_hw[1]}" if input_hw else ""
             pooled = layer.layout is None or isinstance(find_module(model, name), GLOBAL_POOLS)
-            larger = "" if pooled or not input_hw else ", or a larger --input-size"
+            larger = "" if pooled or not input_hw else ", or a larger input size"
             raise TextcamError(
-                f"--layer {name!r}: its output {shape}{at} has no spatial grid to explain; choose an "
+                f"target_layer={name!r}: its output {shape}{at} has no spatial grid to explain; choose an "
                 f"earlier layer, e.g. {_suggest(records)!r}{larger}"
             )
         return layer
     candidates = [r for r in records if r.layout is not None and r.layout.grid != (1, 1) and r.spatial_gradient]
     if not candidates:
-        raise TextcamError("no layer of this model has a spatial output that the logits depend on; pass --layer")
+        raise TextcamError(
+            "no layer of this model has a spatial output that the logits depend on; pass target_layer (--layer)"
+        )
     return candidates[-1]
 
 
@@ -165,7 +167,7 @@ def linear_head_weight(model: nn.Module, layer: ProbedLayer, logits: Tensor) -> 
                 problem = "the logits are not a linear function of the layer's pooled output"
     if problem:
         raise TextcamError(
-            f"--method cam needs a global-average-pool + linear head after layer {layer.name!r}: {problem}; "
-            "use --method gradcam (for such heads it gives the same map)"
+            f"method=cam needs a global-average-pool + linear head after layer {layer.name!r}: {problem}; "
+            "use method=gradcam (for such heads it gives the same map)"
         )
     return head.weight.detach().clone()

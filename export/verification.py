@@ -16,6 +16,7 @@ from torch import nn
 
 from textcam.errors import TextcamError
 from textcam.export.joint_graph import INPUT_NAMES
+from textcam.runtime.comparison import Comparison
 
 # Refusal thresholds: a wrong graph is off by order 1; correct float32 graphs are not exact.
 # Channel weights are spatial means of gradients of mixed sign; after a deep backward (ResNet-50
@@ -27,6 +28,7 @@ TOLERANCES = {
     "channel_activation_max_rel_err": 1e-4,
     "cam_max_abs_err": 1e-2,
 }
+MEASURES = {key: "max abs" if "_abs_" in key else "max rel" for key in TOLERANCES}
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -89,9 +91,9 @@ def verify_onnx(
         class_mismatches += int((classes != reference[1]).sum())
         if int(classes[0]) != int(predicted[0]):
             class_mismatches += 1
-    failed = [f"{k} {worst[k]:.2e} > {TOLERANCES[k]:.0e}" for k in TOLERANCES if not worst[k] <= TOLERANCES[k]]
-    if class_mismatches:
-        failed.append(f"{class_mismatches} chosen class(es) differ")
+    rows = [Comparison(key, MEASURES[key], worst[key], TOLERANCES[key]) for key in TOLERANCES]
+    rows.append(Comparison("chosen classes", "mismatches", float(class_mismatches), 0.0))
+    failed = [row.failure() for row in rows if not row.passed]
     report = {"batch_sizes": list(batch_sizes), "seed": seed, "reference": f"eager autograd, {reference_dtype}",
               **{k: float(v) for k, v in worst.items()}}
     report["passed"] = not failed

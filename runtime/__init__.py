@@ -9,7 +9,8 @@ Example::
 
 from textcam.runtime.bundle import Bundle
 from textcam.runtime.bundle_files import FORMAT_VERSION
+from textcam.runtime.concepts import ConceptSettings
 from textcam.runtime.explainer import Explainer
 from textcam.runtime.explanation import Concept, Explanation, Group
 
-__all__ = ["FORMAT_VERSION", "Bundle", "Concept", "Explainer", "Explanation", "Group"]
+__all__ = ["FORMAT_VERSION", "Bundle", "Concept", "ConceptSettings", "Explainer", "Explanation", "Group"]

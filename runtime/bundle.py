@@ -39,11 +39,20 @@ _WHAT = {
 
 @dataclass(frozen=True)
 class Bundle:
-    """A validated bundle directory: ``Bundle.open(path)``; its files through :meth:`file`."""
+    """A validated bundle directory: ``Bundle.open(path)``; its files through :meth:`file`.
+
+    Runners load :attr:`model_path`. To run another graph of the bundle (the fused ranking graph)
+    or one of the caller's own (a pruned copy), pass ``bundle.with_graph(...)``::
+
+        fused = bundle.with_graph(bundle.info.fused_graph.graph)   # a FileRef: checked like model.onnx
+        runner = OnnxRuntimeRunner(fused)
+    """
 
     path: Path
     info: Manifest
     _checked: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)
+    graph_file: Path | None = None
+    """The graph runners load instead of ``model.onnx`` (set by :meth:`with_graph`); None: the model's."""
 
     @classmethod
     def open(cls, path: str | Path, verify_checksum: bool = True) -> Bundle:
@@ -102,7 +111,29 @@ class Bundle:
 
     @property
     def model_path(self) -> Path:
+        """The graph a runner loads: ``model.onnx`` (checked), or the one :meth:`with_graph` set."""
+        if self.graph_file is not None:
+            return self.graph_file
         return self.file(self.info.model.graph, "model")
+
+    def with_graph(self, graph: FileRef | str | os.PathLike) -> Bundle:
+        """This bundle (same manifest, same checked files) with ``graph`` as the graph runners load.
+
+        ``graph``: a :class:`~textcam.runtime.manifest.FileRef` of this bundle's manifest (e.g.
+        ``info.fused_graph.graph``), checked as :meth:`file` checks every file; or the path of a
+        graph of the caller's own (e.g. a pruned copy in a temporary folder), which must be a
+        regular file. The graph must take the bundle's inputs; its outputs may add to the model's.
+        """
+        if isinstance(graph, FileRef):
+            kind = "fused_graph" if self.info.fused_graph and graph == self.info.fused_graph.graph else "model"
+            path = self.file(graph, kind)
+        elif isinstance(graph, (str, os.PathLike)):
+            path = Path(graph)
+            if not path.is_file():
+                raise TextcamError(f"graph={str(path)!r}: not a file; pass an ONNX graph's path or a FileRef")
+        else:
+            raise TextcamError(f"graph={graph!r}: expected a FileRef of the manifest or an ONNX graph's path")
+        return Bundle(self.path, self.info, self._checked, path)
 
     @property
     def semantics_path(self) -> Path | None:
@@ -111,6 +142,12 @@ class Bundle:
     @property
     def fused_graph_path(self) -> Path | None:
         return self.file(self.info.fused_graph.graph, "fused_graph") if self.info.fused_graph else None
+
+    def with_fused_graph(self) -> Bundle:
+        """:meth:`with_graph` for the fused ranking graph (``textcam semantics``); TextcamError without one."""
+        if not self.info.fused_graph:
+            raise TextcamError(f"{self.path}: no fused ranking graph; run `textcam semantics` on the bundle")
+        return self.with_graph(self.info.fused_graph.graph)
 
     @property
     def selftest_path(self) -> Path | None:

@@ -1,6 +1,6 @@
 """From channel weights to words: aggregation, ranking, diverse selection, channel groups (numpy only).
 
-DESIGN section 4, steps 5 to 8, vectorized over the batch:
+docs/architecture.md section 4, steps 5 to 8 (sections 4.5-4.8), vectorized over the batch:
 
 - :func:`aggregate`: q = normalize(beta @ S), beta = w ("weights") or ReLU(w * a) ("contribution");
 - :func:`rank`: cosines q @ T^T and the top-N candidate phrases;
@@ -36,7 +36,7 @@ the row's total alpha); the rest of top_k is filled by cosine descending (weight
 broken explicitly: alpha, then cosine, then phrase id. Why not sort the list by score: the first
 phrase is what a reader (and the quality benchmark's hit@1) takes as *the* answer, and plain cosine
 order puts a near-duplicate or a co-occurring phrase first ("green background" above "green
-object"): hit@1 0.551 for plain ranking vs 1.000 for selection order (README, quality table). So
+object"): hit@1 0.551 for plain ranking vs 1.000 for selection order (docs/quality.md). So
 a phrase with a lower score may be listed above a higher one; its weight says why.
 
 One ranking, whichever path ran it. The fused graph (:mod:`textcam.runtime.fused_ranking`) and
@@ -71,12 +71,12 @@ from typing import NamedTuple
 import numpy as np
 
 from textcam.errors import TextcamError
-from textcam.runtime.explanation import Group, map_to_original
+from textcam.runtime.explanation import Group
+from textcam.runtime.heatmap import finish_map, map_to_original
 from textcam.runtime.images import Geometry
+from textcam.runtime.manifest import CHANNEL_WEIGHT_METHODS
 
 BETA_MODES = ("contribution", "weights")
-CHANNEL_WEIGHT_METHODS = ("gradcam", "gradcam++", "xgradcam", "cam")
-"""CAM methods whose map is sum_j w_j A_j, the only ones whose map splits into channel groups."""
 
 DEFAULT_BETA = "contribution"
 DEFAULT_TOP_K = 5
@@ -104,7 +104,6 @@ MAX_L1 = 10.0
 """l1 is relative to the best cosine: from l1 = 1 on every alpha is 0 (plain ranking); 10 leaves room."""
 MAX_L2 = 10.0
 """l2 >= 0.5 already merges distinct concepts (module docstring); larger values only mean a typo."""
-NORMALIZE_EPS = 1e-7  # the map normalization of the joint graph (pytorch-grad-cam's)
 _TINY = 1e-12
 
 
@@ -318,7 +317,7 @@ def select_diverse(
     candidate_scores: np.ndarray | None = None,
     center: bool | np.ndarray = True,
 ) -> Selection:
-    """The top_k phrases by the diverse-selection weights alpha (DESIGN 4.7).
+    """The top_k phrases by the diverse-selection weights alpha (docs/architecture.md section 4.7).
 
     ``candidate_ids`` [B, N] come from :func:`rank` (or the fused graph's ``concept_ids``), in any
     order: the result depends only on the set (the solver always sees the candidates sorted by
@@ -395,36 +394,6 @@ def check_group_method(method: str) -> None:
         )
 
 
-def linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """[out, in] bilinear weights, half-pixel centers, clamped edges: the joint graph's resize."""
-    src = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
-    left = np.floor(src).astype(np.int64)
-    frac = src - left
-    low, high = left < 0, left >= in_size - 1
-    left = np.where(low, 0, np.where(high, in_size - 1, left))
-    frac = np.where(low | high, 0.0, frac)
-    matrix = np.zeros((out_size, in_size))
-    rows = np.arange(out_size)
-    np.add.at(matrix, (rows, left), 1.0 - frac)
-    np.add.at(matrix, (rows, np.minimum(left + 1, in_size - 1)), frac)
-    return matrix
-
-
-def finish_map(saliency: np.ndarray, input_hw: tuple[int, int] | None) -> np.ndarray:
-    """[h, w] pre-ReLU map -> [H, W] in [0, 1] at the graph's input size, as the joint graph maps ``cam``."""
-
-    def normalize(x):
-        shifted = x - x.min()
-        return shifted / (NORMALIZE_EPS + shifted.max())
-
-    heat = normalize(np.maximum(np.asarray(saliency, np.float64), 0.0))
-    if input_hw is not None:
-        rows = linear_resize_matrix(heat.shape[0], input_hw[0])
-        cols = linear_resize_matrix(heat.shape[1], input_hw[1])
-        heat = normalize(np.maximum(np.einsum("Hh,hw,Ww->HW", rows, heat, cols), 0.0))
-    return heat.astype(np.float32)
-
-
 def channel_groups(
     weights_row: np.ndarray,
     activation_row: np.ndarray,
@@ -440,7 +409,7 @@ def channel_groups(
     input_hw: tuple[int, int] | None = None,
     geometry: Geometry | None = None,
 ) -> tuple[list[Group], np.ndarray]:
-    """One image's map split by phrase (DESIGN 4.8): (groups, rest).
+    """One image's map split by phrase (docs/architecture.md section 4.8): (groups, rest).
 
     The channels with the largest positive contributions ReLU(w_j a_j), in descending order, until
     ``coverage`` of the total positive contribution or ``max_channels``, each go to the selected

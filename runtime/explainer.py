@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -11,8 +12,11 @@ from PIL import Image
 from textcam.errors import TextcamError
 from textcam.runtime import concepts
 from textcam.runtime.backends import ONNXRUNTIME_BACKENDS, check_backend, create_runner
+from textcam.runtime.backends.base import GraphRunner
 from textcam.runtime.bundle import Bundle
-from textcam.runtime.explanation import Concept, Explanation, map_to_original, softmax
+from textcam.runtime.concepts import ConceptSettings
+from textcam.runtime.explanation import Concept, Explanation, softmax
+from textcam.runtime.heatmap import map_to_original
 from textcam.runtime.images import DEFAULT_MAX_PIXELS, Geometry, load_image, preprocess
 from textcam.runtime.output_checks import check_outputs
 from textcam.runtime.semantics_file import SemanticsStore, read_store
@@ -25,67 +29,83 @@ MAX_BATCH_SIZE = 4096
 class Explainer:
     """Loads a bundle and answers, per image, the predicted class and where the model looked.
 
-    Example::
+    Build one object, call it::
 
         from textcam.runtime import Explainer
-        explainer = Explainer("resnet50.textcam")
-        result = explainer.explain("cat.jpg")
-        print(result.label, result.score)
-        result.overlay(Image.open("cat.jpg")).save("cat_cam.png")
+        with Explainer("resnet50.textcam") as explainer:
+            result = explainer.explain("cat.jpg")            # one image -> one Explanation
+            print(result.label, result.score)
+            result.overlay("cat.jpg").save("cat_cam.png")
+            results = explainer.explain_batch(["a.jpg", "b.jpg"])   # -> list[Explanation]
 
-    One instance may be shared by many threads. ``allow_spinning=False`` keeps ONNX Runtime's
-    idle threads from busy-waiting (use it when other compute shares the process).
+    One instance may be shared by many threads. ``close()`` (or leaving the ``with`` block)
+    frees a GPU backend's device memory at once.
 
     ``backend`` picks what runs the graph: ``"onnxruntime"`` (default, CPU), ``"onnxruntime-cuda"``,
     ``"onnxruntime-tensorrt"`` (onnxruntime-gpu) or ``"tensorrt"`` (the bundle's engine from
-    ``textcam build-engine``); ``backend_options`` are passed to that runner, e.g.
-    ``{"precision": "fp16", "contexts": 2, "cuda_graph_batch": 8}`` for TensorRT (see
-    :mod:`textcam.runtime.backends`). Every backend returns the same outputs, so explanations
-    look the same whichever runs them. A backend that cannot run here fails with one line naming
-    the ones that can.
+    ``textcam build-engine``). ``backend_options`` are that runner's keyword arguments, grouped as
+    ONNX Runtime groups a session's options (see :mod:`textcam.runtime.backends`)::
+
+        Explainer(bundle, backend_options={"intra_op_threads": 2, "allow_spinning": False})
+        Explainer(bundle, backend="tensorrt", backend_options={"precision": "fp16", "contexts": 2})
+
+    For ``onnxruntime``: ``providers``, ``intra_op_threads``, ``allow_spinning`` (False keeps ONNX
+    Runtime's idle threads from busy-waiting; use it when other compute shares the process). Every
+    backend returns the same outputs, so explanations look the same whichever runs them. A
+    backend that cannot run here, or an option it does not take, fails with one line.
 
     When the bundle carries channel semantics (``textcam semantics``), every explanation gets
     ``concepts``: the ``top_k`` phrases chosen by diverse selection among the ``candidates``
-    best-ranked ones (see :mod:`textcam.runtime.concepts`). ``beta``, ``candidates``, ``l1``,
-    ``l2``, ``steps``, ``group_channels`` and ``center`` default to the bundle's
-    ``manifest["semantics"]["defaults"]``. With ``use_fused`` (default) a bundle's fused graph
-    (ranking inside the model) supplies the candidates.
+    best-ranked ones (see :mod:`textcam.runtime.concepts`). ``concepts`` sets how:
+
+    - a dict of some settings, e.g. ``concepts={"top_k": 3, "beta": "weights"}``: the rest (and
+      any given as None) come from the bundle's ``manifest["semantics"]["defaults"]``;
+    - a :class:`~textcam.runtime.concepts.ConceptSettings`: exactly those settings;
+    - None (default): the bundle's defaults.
+
+    With ``use_fused`` (default) a bundle's fused graph (ranking inside the model) supplies the
+    candidates when it ranks as the settings ask; the phrases are the same either way (only the
+    graph that runs differs, which is why it is not a concept setting).
+
+    ``batch_size``: images per graph call. ``max_pixels``: the largest image decoded.
+
+    Deprecated (one release; each warns with the new spelling): ``providers=``,
+    ``intra_op_threads=``, ``allow_spinning=`` (now ``backend_options``), ``top_k=``, ``beta=``,
+    ``candidates=``, ``l1=``, ``l2=``, ``steps=``, ``group_channels=``, ``center=`` (now
+    ``concepts``); ``explain(list)`` and ``explain(float batch)`` (now :meth:`explain_batch`).
     """
 
     def __init__(
         self,
         bundle: str | Path | Bundle,
         backend: str = "onnxruntime",
-        providers: Sequence | None = None,
-        intra_op_threads: int | None = None,
-        allow_spinning: bool = True,
+        backend_options: Mapping[str, object] | None = None,
+        *,
+        concepts: ConceptSettings | Mapping[str, object] | None = None,
         batch_size: int = 16,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        *,
         use_fused: bool = True,
-        top_k: int | None = None,
-        beta: str | None = None,
-        candidates: int | None = None,
-        l1: float | None = None,
-        l2: float | None = None,
-        steps: int | None = None,
-        group_channels: int | None = None,
-        center: bool | None = None,
-        backend_options: Mapping[str, object] | None = None,
+        **deprecated,
     ):
+        unknown = [name for name in deprecated if name not in _DEPRECATED_BACKEND + _DEPRECATED_CONCEPTS]
+        if unknown:
+            raise TypeError(f"Explainer() got an unexpected keyword argument {unknown[0]!r}")
         check_backend(backend)  # fail in one line before loading anything
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise TextcamError(f"batch_size={batch_size!r}: expected an integer from 1 to {MAX_BATCH_SIZE}")
+        options = _backend_options(backend, backend_options, deprecated)
+        overrides = _concept_overrides(concepts, deprecated)
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         spec = self.bundle.manifest.get("semantics") or None
         self.semantics: SemanticsStore | None = _load_store(self.bundle, spec) if spec else None
-        self.concept_settings = concepts.ConceptSettings.resolve(
-            (spec or {}).get("defaults"), top_k=top_k, beta=beta, candidates=candidates, l1=l1, l2=l2, steps=steps,
-            group_channels=group_channels, center=center,
-        )
+        if isinstance(concepts, ConceptSettings):
+            concepts.check()
+            self.concept_settings = concepts
+        else:
+            self.concept_settings = ConceptSettings.resolve((spec or {}).get("defaults"), **overrides)
         self._vocabulary_mean = self.semantics.text_embeddings.mean(axis=0) if self.semantics else None
         graph = self.bundle
         fused = self.bundle.manifest.get("fused_graph")
@@ -95,17 +115,20 @@ class Explainer:
                 and fused.get("beta", self.concept_settings.beta) == self.concept_settings.beta
                 and int(fused.get("candidates", 0))
                 >= min(self.concept_settings.candidates, len(self.semantics.phrases))):
-            graph = _FusedGraph(self.bundle, self.bundle.fused_graph_path)
+            graph = self.bundle.with_fused_graph()
         self.fused = graph is not self.bundle
-        options = _runner_options(backend, providers, intra_op_threads, allow_spinning, backend_options)
         self.backend = backend
-        self.runner = create_runner(backend, graph, **options)
+        self.runner: GraphRunner = create_runner(backend, graph, **options)
 
     def close(self) -> None:
         """Release the backend's device memory now (GPU backends); the CPU backend has nothing to free."""
-        close = getattr(self.runner, "close", None)
-        if close:
-            close()
+        self.runner.close()
+
+    def __enter__(self) -> Explainer:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -113,36 +136,67 @@ class Explainer:
 
     def explain(
         self,
-        images: ImageInput | Sequence[ImageInput],
+        image: ImageInput,
+        class_index: int | None = None,
+        groups: bool = False,
+    ) -> Explanation:
+        """Explain one image; returns its :class:`Explanation` (heatmap at the image's resolution).
+
+        ``image``: a path, a PIL image or a uint8 HxWx3 array. ``class_index``: the class to explain
+        (None or -1: the predicted one). ``groups``: also split the map by phrase
+        (``Explanation.groups``); needs semantics, a channel-weight CAM method and a graph exported
+        with ``with_activations=True``. For several images use :meth:`explain_batch`::
+
+            result = explainer.explain("cat.jpg", class_index=3)
+            print(result.label, result.score, [c.phrase for c in result.concepts])
+        """
+        if isinstance(image, (list, tuple)) or (isinstance(image, np.ndarray) and image.ndim == 4):
+            warnings.warn(
+                "Explainer.explain(list or float batch) is deprecated: use explain_batch(images), which always "
+                "returns a list; explain(image) takes one image", DeprecationWarning, stacklevel=2,
+            )
+            return self.explain_batch(image, class_index, groups)
+        if groups:
+            self.check_groups()
+        tensor, geometry = preprocess(self._decode(image), self.bundle.input)
+        source = str(image) if isinstance(image, (str, Path)) else None
+        return self._run(tensor[None], [geometry], self.check_class_index(class_index, 1), [source], groups)[0]
+
+    def explain_batch(
+        self,
+        images: Sequence[ImageInput] | np.ndarray,
         class_index: int | Sequence[int] | None = None,
         groups: bool = False,
-    ) -> Explanation | list[Explanation]:
-        """Explain one image (returns an Explanation) or several (returns a list).
+    ) -> list[Explanation]:
+        """Explain several images; returns one :class:`Explanation` per image, in order (a list, always).
 
-        ``images``: a path, PIL image, uint8 HxWx3 array, a list of those, or a float32
-        [B,3,H,W] batch already preprocessed (its heatmaps stay at input resolution).
-        ``class_index``: the class to explain (None: the predicted one), one per image or one for all.
-        ``groups``: also split the map by phrase (``Explanation.groups``); needs semantics, a
-        channel-weight CAM method and a graph exported with ``--with-activations``.
+        ``images``: a list of paths, PIL images or uint8 HxWx3 arrays, or a float32 [B,3,H,W] batch
+        already preprocessed (its heatmaps stay at input resolution). ``class_index``: one class for
+        all, one per image, or None (the predicted ones). Graph calls take ``batch_size`` images.
+        For files on disk, :meth:`explain_files` reads them batch by batch and skips bad ones::
+
+            results = explainer.explain_batch(["a.jpg", "b.jpg"], class_index=[0, 4])
+            results = explainer.explain_batch(np.zeros((8, 3, 224, 224), np.float32))
         """
         if groups:
             self.check_groups()
         if isinstance(images, np.ndarray) and images.ndim == 4:
             batch = self._check_batch(images)
-            return self._run(
-                batch, [None] * len(batch), self._classes(class_index, len(batch)), [None] * len(batch), groups
+            count = len(batch)
+            return self._run(batch, [None] * count, self.check_class_index(class_index, count), [None] * count,
+                             groups)
+        if not isinstance(images, (list, tuple)):
+            raise TextcamError(
+                f"images of type {type(images).__name__}: explain_batch takes a list of images or a float "
+                "[B,3,H,W] batch; for one image use explain(image)"
             )
-        single = not isinstance(images, (list, tuple))
-        items = [images] if single else list(images)
-        if not items:
+        if not images:
             return []
-        loaded = [self._decode(item) for item in items]
+        classes = self.check_class_index(class_index, len(images))
+        loaded = [self._decode(item) for item in images]
         tensors, geometries = zip(*(preprocess(image, self.bundle.input) for image in loaded), strict=True)
-        sources = [str(item) if isinstance(item, (str, Path)) else None for item in items]
-        results = self._run(
-            np.stack(tensors), list(geometries), self._classes(class_index, len(items)), sources, groups
-        )
-        return results[0] if single else results
+        sources = [str(item) if isinstance(item, (str, Path)) else None for item in images]
+        return self._run(np.stack(tensors), list(geometries), classes, sources, groups)
 
     def check_groups(self) -> None:
         """Raise TextcamError unless ``groups=True`` can work with this bundle."""
@@ -154,37 +208,56 @@ class Explainer:
         if not self.bundle.manifest["graph"].get("has_activations"):
             raise TextcamError(
                 f"{self.bundle.path}: channel groups need the layer's activation maps, which this graph does not "
-                "output; re-export with --with-activations (export_bundle(..., with_activations=True))"
+                "output; re-export with with_activations=True (textcam export --with-activations)"
             )
 
     def explain_files(
-        self, paths: Iterable[str | Path], class_index: int | None = None, groups: bool = False
-    ) -> Iterator[tuple[Path, Explanation | TextcamError]]:
+        self, paths: Iterable[str | Path], class_index: int | None = None, groups: bool = False, *,
+        with_images: bool = False,
+    ) -> Iterator[tuple]:
         """Yield (path, explanation) per file, or (path, error) for files that cannot be read.
 
-        One bad file never stops the others; decoding is batched by ``batch_size``.
+        One bad file never stops the others; decoding is batched by ``batch_size``. With
+        ``with_images=True`` each item is (path, explanation or error, image): the decoded upright
+        RGB image (None for an error), e.g. for :meth:`Explanation.overlay` without decoding the file
+        again. Batches then also end once their decoded images hold ``max_pixels`` pixels in all,
+        so the images kept cost about what one image at the limit costs::
+
+            for path, result, image in explainer.explain_files(paths, with_images=True):
+                if not isinstance(result, TextcamError):
+                    result.overlay(image).save(f"{path.stem}.cam.png")
         """
         if groups:
             self.check_groups()
-        pending: list[tuple[Path, np.ndarray, Geometry]] = []
+        pending: list[tuple[Path, np.ndarray, Geometry, Image.Image | None]] = []
+        pixels = 0
         for path in map(Path, paths):
             try:
-                tensor, geometry = preprocess(load_image(path, self.max_pixels), self.bundle.input)
+                image = load_image(path, self.max_pixels)
+                tensor, geometry = preprocess(image, self.bundle.input)
             except TextcamError as exc:
-                yield path, exc
+                yield (path, exc, None) if with_images else (path, exc)
                 continue
-            pending.append((path, tensor, geometry))
-            if len(pending) == self.batch_size:
-                yield from self._explain_pending(pending, class_index, groups)
-                pending = []
+            pending.append((path, tensor, geometry, image if with_images else None))
+            pixels += image.width * image.height if with_images else 0
+            del image
+            if len(pending) == self.batch_size or pixels >= self.max_pixels:
+                yield from self._explain_pending(pending, class_index, groups, with_images)
+                pending, pixels = [], 0
         if pending:
-            yield from self._explain_pending(pending, class_index, groups)
+            yield from self._explain_pending(pending, class_index, groups, with_images)
 
-    def _explain_pending(self, pending, class_index, groups=False):
-        files, tensors, geometries = zip(*pending, strict=True)
-        classes = self._classes(class_index, len(files))
+    def _explain_pending(self, pending, class_index, groups=False, with_images=False):
+        files, tensors, geometries, images = zip(*pending, strict=True)
+        pending.clear()  # the caller's list: each image is freed once its item is consumed
+        classes = self.check_class_index(class_index, len(files))
         results = self._run(np.stack(tensors), list(geometries), classes, [str(f) for f in files], groups)
-        yield from zip(files, results, strict=True)
+        del tensors
+        images = list(images)
+        for index, (path, result) in enumerate(zip(files, results, strict=True)):
+            image, images[index] = images[index], None
+            yield (path, result, image) if with_images else (path, result)
+            del image
 
     def _decode(self, item: ImageInput) -> Image.Image:
         from textcam.runtime.images import decode
@@ -209,7 +282,15 @@ class Explainer:
             )
         return batch
 
-    def _classes(self, class_index, count: int) -> np.ndarray:
+    def check_class_index(self, class_index: int | Sequence[int] | None, count: int) -> np.ndarray:
+        """int64 [count]: ``class_index`` checked against the model's classes, one per image.
+
+        ``class_index``: None (the predicted class: -1 everywhere), one integer for all images, or
+        ``count`` integers; each from -1 (predicted) to ``len(classes) - 1``. Raises a one-line
+        TextcamError otherwise, before any image is read::
+
+            explainer.check_class_index(3, 2)   # array([3, 3])
+        """
         if class_index is None:
             return np.full(count, -1, dtype=np.int64)
         values = np.atleast_1d(np.asarray(class_index))
@@ -277,7 +358,8 @@ class Explainer:
     def _groups(self, outputs, row: int, selection: concepts.Selection, geometry):
         if "activations" not in outputs:
             raise TextcamError(
-                f"{self.bundle.path}: the graph returned no activations; re-export with --with-activations"
+                f"{self.bundle.path}: the graph returned no activations; re-export with with_activations=True "
+                "(textcam export --with-activations)"
             )
         spec = self.bundle.input
         groups, _rest = concepts.channel_groups(
@@ -297,30 +379,53 @@ class Explainer:
         return run_selftest(self.bundle, explainer=self)
 
 
-def _runner_options(backend, providers, intra_op_threads, allow_spinning, backend_options) -> dict:
-    """The runner's keyword arguments: the ONNX Runtime settings where they apply, plus backend_options."""
+_DEPRECATED_BACKEND = ("providers", "intra_op_threads", "allow_spinning")
+_DEPRECATED_CONCEPTS = ("top_k", "beta", "candidates", "l1", "l2", "steps", "group_channels", "center")
+
+
+def _warn_deprecated(name: str, value, new: str) -> None:
+    warnings.warn(f"Explainer({name}=...) is deprecated: pass {new}={{{name!r}: {value!r}}}", DeprecationWarning,
+                  stacklevel=4)
+
+
+def _backend_options(backend: str, backend_options, deprecated: dict) -> dict:
+    """The runner's keyword arguments: ``backend_options``, plus the deprecated ONNX Runtime keywords
+    (where they apply, as before; ``backend_options`` wins on a clash)."""
     options = dict(backend_options or {})
+    given = {name: deprecated[name] for name in _DEPRECATED_BACKEND if name in deprecated}
+    for name, value in given.items():
+        _warn_deprecated(name, value, "backend_options")
+    providers, threads = given.get("providers"), given.get("intra_op_threads")
     if backend in ONNXRUNTIME_BACKENDS:
         if providers is not None and backend != "onnxruntime":
             raise TextcamError(f"providers=: backend {backend!r} chooses its own execution providers")
-        if backend == "onnxruntime":
-            options.setdefault("providers", providers)
-        options.setdefault("intra_op_threads", intra_op_threads)
-        options.setdefault("allow_spinning", allow_spinning)
-    elif providers is not None or intra_op_threads is not None:
+        for name, value in given.items():
+            if value is not None:
+                options.setdefault(name, value)
+    elif providers is not None or threads is not None:
         raise TextcamError(f"providers= and intra_op_threads= apply to the onnxruntime backends, not {backend!r}")
     return options
 
 
-class _FusedGraph:
-    """The bundle as a runner sees it, with the fused graph (ranking inside) in place of model.onnx."""
-
-    def __init__(self, bundle: Bundle, model_path: Path):
-        self._bundle = bundle
-        self.model_path = model_path
-
-    def __getattr__(self, name):
-        return getattr(self._bundle, name)
+def _concept_overrides(concepts, deprecated: dict) -> dict:
+    """The concept settings the caller gave (None = the bundle's default), from ``concepts`` or the
+    deprecated keywords (not both)."""
+    given = {name: deprecated[name] for name in _DEPRECATED_CONCEPTS if name in deprecated}
+    for name, value in given.items():
+        _warn_deprecated(name, value, "concepts")
+    if concepts is None:
+        return given
+    if given:
+        raise TextcamError(f"{next(iter(given))}=: pass the concept settings once, in concepts=")
+    if isinstance(concepts, ConceptSettings):
+        return {}
+    if not isinstance(concepts, Mapping):
+        raise TextcamError(f"concepts={concepts!r}: expected a ConceptSettings or a dict such as {{'top_k': 3}}")
+    unknown = [name for name in concepts if name not in ConceptSettings.__dataclass_fields__]
+    if unknown:
+        raise TextcamError(f"concepts: no setting {unknown[0]!r}; the settings: "
+                           f"{', '.join(ConceptSettings.__dataclass_fields__)}")
+    return dict(concepts)
 
 
 def _load_store(bundle: Bundle, spec: dict) -> SemanticsStore:

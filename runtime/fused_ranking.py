@@ -1,6 +1,6 @@
 """Text ranking fused into the joint graph: ``concept_ids`` and ``concept_scores`` straight from the model.
 
-:func:`fuse_ranking` appends to a copy of ``model.onnx`` the few nodes of DESIGN 4.5-4.6
+:func:`fuse_ranking` appends to a copy of ``model.onnx`` the few nodes of docs/architecture.md sections 4.5-4.6
 
     beta   = channel_weights                          ("weights")
            | Relu(channel_weights * channel_activation)  ("contribution")

@@ -177,9 +177,18 @@ def exif_orientation(image: Image.Image) -> int:
 
 
 def upright(image: Image.Image, orientation: int) -> Image.Image:
-    """``image`` turned as its EXIF ``orientation`` says (a new image; the same one for 1)."""
+    """``image`` turned as its EXIF ``orientation`` says (a new image; the same one for 1).
+
+    The turned image no longer carries the orientation (Pillow copies the metadata): decoding it
+    again, e.g. as an overlay's base, must not turn it a second time.
+    """
     method = _TRANSPOSE.get(orientation)
-    return image if method is None else image.transpose(method)
+    if method is None:
+        return image
+    turned = image.transpose(method)
+    for key in ("exif", "xmp", "XML:com.adobe.xmp"):
+        turned.info.pop(key, None)
+    return turned
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

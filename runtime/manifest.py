@@ -33,7 +33,9 @@ READABLE_VERSIONS = (1, 2)
 CAM_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "cam")
 """Every CAM method a graph may carry (the export's method table; a test keeps them equal)."""
 CHANNEL_WEIGHT_METHODS = ("gradcam", "gradcam++", "xgradcam", "cam")
-"""Methods whose map is sum_j w_j A_j (so the map splits into channel groups)."""
+"""Methods whose map is sum_j w_j A_j (so the map splits into channel groups): the export's
+``CamMethod.channel_weights`` flag, restated here because the runtime does not import the export
+(a test keeps them equal). :mod:`textcam.runtime.concepts` reads it from here."""
 LAYOUT_KINDS = ("nchw", "nhwc", "tokens")
 RESIZE_POLICIES = ("stretch", "center_crop")
 BETA_MODES = ("contribution", "weights")
@@ -425,7 +427,7 @@ class Manifest:
     semantics: SemanticsSection | None = None
     fused_graph: FusedGraphSection | None = None
     engines: tuple[Any, ...] = ()
-    """:class:`textcam.runtime.engines.EngineEntry` items, each with its files checked."""
+    """:class:`textcam.engines.entries.EngineEntry` items, each with its files checked."""
     selftest: SelftestSection | None = None
     created: str = ""
     producer: dict[str, Any] = field(default_factory=dict)
@@ -539,7 +541,7 @@ def _plain(top: _Checker, key: str) -> dict[str, Any]:
 
 
 def _engines(top: _Checker) -> tuple[Any, ...]:
-    from textcam.runtime.engines import EngineEntry
+    from textcam.engines.entries import EngineEntry
 
     raw = top.get("engines", [])
     if not isinstance(raw, list) or len(raw) > 256:

@@ -1,7 +1,7 @@
 """Plain inference on the explainer's own backend: the baseline an explanation's cost is a ratio to.
 
 The baseline is the bundle's graph pruned to the nodes that compute the logits
-(:func:`textcam.runtime.plain_graph.extract_logits_graph`): same weights, same backend, same
+(:func:`textcam.engines.graph_surgery.extract_logits_graph`): same weights, same backend, same
 precision, no gradient. Each backend runs it its own way:
 
 * ``onnxruntime``: a CPU session with the same thread settings;
@@ -22,26 +22,16 @@ import numpy as np
 PlainCall = Callable[[np.ndarray], object]
 
 
-class _GraphFile:
-    """The bundle as a runner sees it, with the pruned graph as its model file."""
-
-    def __init__(self, bundle, model_path: Path):
-        self._bundle, self.model_path = bundle, model_path
-
-    def __getattr__(self, name):
-        return getattr(self._bundle, name)
-
-
 def plain_inference(explainer, threads: int | None = None) -> tuple[PlainCall, Callable[[], None]]:
     """(call(images) -> logits, release()) running the logits-only graph on ``explainer``'s backend."""
-    from textcam.runtime.plain_graph import extract_logits_graph
+    from textcam.engines.graph_surgery import extract_logits_graph
 
     bundle, runner = explainer.bundle, explainer.runner
     folder = tempfile.TemporaryDirectory(prefix="textcam-plain-")
     plain_path = extract_logits_graph(bundle.model_path, Path(folder.name) / "plain.onnx")
     backend = getattr(runner, "name", "onnxruntime")
     if backend == "tensorrt":
-        from textcam.export.engine_build import build_plain_engine
+        from textcam.engines.build import build_plain_engine
         from textcam.runtime.backends.tensorrt_runner import EnginePool
 
         precision = runner.entry.precision if runner.entry else "fp32"
@@ -56,7 +46,7 @@ def plain_inference(explainer, threads: int | None = None) -> tuple[PlainCall, C
     if backend in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
         precision = runner.precision
         if precision != "fp32":
-            from textcam.export.precision import write_reduced_graph
+            from textcam.engines.precision import write_reduced_graph
 
             reduced = plain_path.with_name(f"plain.{precision}.onnx")
             write_reduced_graph(plain_path, reduced, precision)
@@ -64,7 +54,7 @@ def plain_inference(explainer, threads: int | None = None) -> tuple[PlainCall, C
         options = {"device": runner.device, "intra_op_threads": threads, "cache_dir": runner.cache_dir}
         if backend == "onnxruntime-tensorrt":
             options.update(min_batch=runner.profile.min, opt_batch=runner.profile.opt, max_batch=runner.profile.max)
-        plain = type(runner)(_GraphFile(bundle, plain_path), **options)
+        plain = type(runner)(bundle.with_graph(plain_path), **options)  # the pruned graph as its model
         return (lambda images: plain._run_bound({"image": np.ascontiguousarray(images, np.float32)})), folder.cleanup
     import onnxruntime as ort
 

@@ -79,7 +79,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -87,6 +87,7 @@ from textcam.errors import TextcamError, first_line
 from textcam.runtime import concepts as _concepts
 from textcam.runtime import images as _images
 from textcam.runtime.bundle import Bundle
+from textcam.runtime.comparison import Comparison, ComparisonReport
 
 SELFTEST_FORMAT = "textcam-selftest"
 SELFTEST_VERSION = 1
@@ -332,77 +333,26 @@ def _measure(name: str, reference: np.ndarray, candidate: np.ndarray) -> float:
 
 
 @dataclass(frozen=True)
-class SelftestRow:
-    stage: str
-    """``preprocess``, ``graph`` (on the stored input) or ``end-to-end`` (on the stored images)."""
-    output: str
-    measure: str
-    worst: float
-    tolerance: float
+class SelftestReport(ComparisonReport):
+    """The self-test's rows (:class:`~textcam.runtime.comparison.Comparison`, grouped by stage:
+    ``preprocess``, ``graph`` on the stored input, ``end-to-end`` on the stored images)."""
 
-    @property
-    def passed(self) -> bool:
-        return math.isfinite(self.worst) and self.worst <= self.tolerance
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "output": self.output, "measure": self.measure,
-                "worst": self.worst if math.isfinite(self.worst) else None,
-                "tolerance": self.tolerance, "passed": self.passed}
-
-
-@dataclass(frozen=True)
-class SelftestReport:
     bundle: str
     backend: str
     precision: str
     images: int
-    rows: tuple[SelftestRow, ...]
+    rows: tuple[Comparison, ...]
 
-    @property
-    def passed(self) -> bool:
-        return all(row.passed for row in self.rows)
-
-    @property
-    def failed(self) -> tuple[SelftestRow, ...]:
-        return tuple(row for row in self.rows if not row.passed)
-
-    def row(self, stage: str, output: str) -> SelftestRow:
-        for row in self.rows:
-            if row.stage == stage and row.output == output:
-                return row
-        raise KeyError(f"{stage} {output}")
-
-    def table(self) -> str:
-        """An aligned text table, one row per check, then PASS or FAIL."""
-        header = ("stage", "output", "measure", "worst", "tolerance", "result")
-        lines = [header] + [
-            (r.stage, r.output, r.measure, _number(r.worst, r.measure), _number(r.tolerance, r.measure),
-             "ok" if r.passed else "FAIL")
-            for r in self.rows
-        ]
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        right = {3, 4}
-        text = ["  ".join(cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-                          for i, cell in enumerate(line)).rstrip() for line in lines]
-        text.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(text)
+    NAME_KEY: ClassVar[str] = "output"
+    GROUP_KEY: ClassVar[str | None] = "stage"
 
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": self.bundle, "backend": self.backend, "precision": self.precision, "images": self.images,
-                "passed": self.passed,
-                "rows": [row.to_dict() for row in self.rows]}
-
-
-def _number(value: float, measure: str) -> str:
-    if not math.isfinite(value):
-        return "inf (shape)" if value > 0 else "nan"
-    if measure == "mismatches":
-        return str(int(value))
-    return f"{value:.2e}"
+                **super().to_dict()}
 
 
 def compare_outputs(stage: str, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
-                    tolerances: Mapping[str, float]) -> list[SelftestRow]:
+                    tolerances: Mapping[str, float]) -> list[Comparison]:
     """Rows for every output in ``reference`` (in the self-test's order), against ``tolerances``
     (keys as in the manifest; ``end-to-end`` rows use the ``end_to_end.`` keys). A missing output or
     one of another shape is ``inf`` (fails)."""
@@ -413,7 +363,7 @@ def compare_outputs(stage: str, reference: Mapping[str, np.ndarray], candidate: 
             continue
         key = prefix + name if name != "input" else "input"
         value = _measure(name, reference[name], candidate[name]) if name in candidate else math.inf
-        rows.append(SelftestRow(stage, name, MEASURES[name], value, float(tolerances[key])))
+        rows.append(Comparison(name, MEASURES[name], value, float(tolerances[key]), group=stage))
     return rows
 
 

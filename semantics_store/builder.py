@@ -3,7 +3,7 @@
     scan      run the bundle's graph over the probe set -> a_j(x), the [N, C] score matrix
     select    per channel, the M highest and M lowest images (P_j, N_j)
     embed     CLIP image embeddings of every image in some P_j or N_j (cached on disk)
-    lda       one direction s_j per channel (DESIGN.md 4.3)
+    lda       one direction s_j per channel (docs/architecture.md section 4.3)
     text      the vocabulary through CLIP's text tower with prompt templates
     write     semantics.safetensors (+ the fused ranking graph) and the manifest, atomically
 """
@@ -81,9 +81,9 @@ def build_semantics(
     """
     log = log or (lambda message: print(message, file=sys.stderr))
     if lda not in LDA_MODES:
-        raise TextcamError(f"--lda {lda!r}: choose one of {', '.join(LDA_MODES)}")
+        raise TextcamError(f"lda={lda!r}: choose one of {', '.join(LDA_MODES)}")
     if m < 1:
-        raise TextcamError(f"-m {m}: expected a positive number of images per side")
+        raise TextcamError(f"m={m}: expected a positive number of images per side")
     bundle = Bundle.open(bundle_path)
     vocabulary = load_vocabulary(vocab, bundle.classes)
     prompt_templates = load_templates(templates)

@@ -117,7 +117,7 @@ class ClipEncoder:
             truncated = sum(len(self._token_ids(p) or []) + overhead + 2 > context for p in phrases)
         return Coverage(len(phrases), len(phrases) - len(affected), affected, words, template_words, truncated)
 
-    def check_coverage(self, phrases: Sequence[str], templates: Sequence[str], where: str = "--vocab") -> Coverage:
+    def check_coverage(self, phrases: Sequence[str], templates: Sequence[str], where: str = "vocab") -> Coverage:
         """:meth:`coverage`, refusing (one line) a vocabulary with phrases this CLIP cannot read."""
         report = self.coverage(phrases, templates)
         if report.affected:
@@ -149,7 +149,7 @@ class ClipEncoder:
         return _normalize(features.numpy())
 
     def embed_phrases(self, phrases: Sequence[str], templates: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """Each phrase through every template, embeddings averaged then normalized (DESIGN 4.4).
+        """Each phrase through every template, embeddings averaged then normalized (docs/architecture.md section 4.4).
 
         Phrases with tokens the checkpoint does not hold are refused (:meth:`check_coverage`).
         """

@@ -1,4 +1,4 @@
-"""Per-channel LDA directions in CLIP space (DESIGN.md section 4.3), vectorized over channels.
+"""Per-channel LDA directions in CLIP space (docs/architecture.md section 4.3), vectorized over channels.
 
 For channel j with positive embeddings P_j (its M top-activating probe images) and negatives
 N_j (its M lowest), the direction is
@@ -118,7 +118,7 @@ def channel_directions(
 ) -> np.ndarray:
     """Directions for all channels: ``embeddings`` [U, D]; ``positive_ids``/``negative_ids`` [C, M] rows of it."""
     if mode not in LDA_MODES:
-        raise TextcamError(f"--lda {mode!r}: choose one of {', '.join(LDA_MODES)}")
+        raise TextcamError(f"lda={mode!r}: choose one of {', '.join(LDA_MODES)}")
     embeddings = np.asarray(embeddings, dtype=np.float64)
     channels = positive_ids.shape[0]
     result = np.empty((channels, embeddings.shape[1]), dtype=np.float64)

@@ -113,12 +113,12 @@ def load_vocabulary(sources: Sequence[str], class_names: Sequence[str]) -> Vocab
         elif source == "builtin:classes":
             lines = [c.replace("_", " ") for c in class_names]
         elif source.startswith("builtin:"):
-            raise TextcamError(f"--vocab {source}: unknown built-in; choose {', '.join(BUILTINS)} or a file")
+            raise TextcamError(f"vocab {source}: unknown built-in; choose {', '.join(BUILTINS)} or a file")
         else:
-            lines = _read_lines(Path(source), "--vocab")
+            lines = _read_lines(Path(source), "vocab")
             if not any(line.strip() for line in lines):
-                raise TextcamError(f"--vocab {source}: the file is empty; expected one phrase per line")
-        where = f"--vocab {source}"
+                raise TextcamError(f"vocab {source}: the file is empty; expected one phrase per line")
+        where = f"vocab {source}"
         for raw in lines:
             phrase = " ".join(raw.split())
             if not phrase or phrase.startswith("#"):
@@ -135,7 +135,7 @@ def load_vocabulary(sources: Sequence[str], class_names: Sequence[str]) -> Vocab
                                    "use fewer or shorter sources")
     if len(phrases) < 2:
         raise TextcamError(
-            f"--vocab: {len(phrases)} distinct phrase(s) after removing {duplicates} duplicate(s); "
+            f"vocab: {len(phrases)} distinct phrase(s) after removing {duplicates} duplicate(s); "
             "ranking needs at least 2"
         )
     return Vocabulary(phrases, list(sources), duplicates, blanks)
@@ -146,8 +146,8 @@ def load_templates(source: str | Path | Sequence[str] | None) -> list[str]:
     if source is None:
         return list(DEFAULT_TEMPLATES)
     if isinstance(source, (str, Path)):
-        where = f"--templates {source}"
-        templates = [line.strip() for line in _read_lines(Path(source), "--templates") if line.strip()]
+        where = f"templates {source}"
+        templates = [line.strip() for line in _read_lines(Path(source), "templates") if line.strip()]
     else:
         where = "templates"
         templates = [str(t).strip() for t in source if str(t).strip()]

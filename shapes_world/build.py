@@ -47,7 +47,7 @@ def export_classifier(model, task: str, out: Path) -> Path:
     source = {"source": "textcam.shapes_world.classifiers:build_cnn", "task": task,
               "weights": artifacts.classifier_weights(task).name}
     return export_bundle(model, TARGET_LAYER, out, method="gradcam", input_size=(INPUT_SIZE, INPUT_SIZE),
-                         class_names=list(CLASSES[task]), with_activations=True, source=source)
+                         class_names=list(CLASSES[task]), with_activations=True, source=source).path
 
 
 def load_tiny_clip(checkpoint: Path = artifacts.CLIP_CHECKPOINT):

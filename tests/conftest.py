@@ -16,4 +16,4 @@ def small_bundle(tmp_path_factory):
     model = torchvision.models.resnet18(num_classes=5)
     out = tmp_path_factory.mktemp("bundles") / "resnet18.textcam"
     names = ["circle", "square", "triangle", "star", "cross"]
-    return export_bundle(model, "layer4", out, input_size=(64, 64), class_names=names)
+    return export_bundle(model, "layer4", out, input_size=(64, 64), class_names=names).path

@@ -51,7 +51,7 @@ ACTIVATION_MAX_REL = 1e-4
 INPUT_SEED = 7919  # fresh inputs: export traces with seed 0 and verifies with seed 20261124
 MODEL_SEED = 1234
 HEAD_STD = 0.02
-CAM_REFUSAL = "--method cam needs a global-average-pool + linear head"
+CAM_REFUSAL = "method=cam needs a global-average-pool + linear head"
 
 # Per-case tolerance overrides, {(case id, method): {metric: tolerance}}. Each entry says why.
 TOLERANCE_OVERRIDES: dict[tuple[str, str], dict[str, float]] = {
@@ -445,7 +445,7 @@ def export_case(case: Case, model: nn.Module, method: str, out: Path, lenient: b
 
     if lenient or (case.id, method) in VERIFICATION_REFUSALS:
         return export_despite_verification(case, model, method, out)
-    return export_bundle(model, case.layer, out, method=method, input_size=case.input_size, force=True)
+    return export_bundle(model, case.layer, out, method=method, input_size=case.input_size, force=True).path
 
 
 def export_despite_verification(case: Case, model: nn.Module, method: str, out: Path) -> Path:
@@ -466,7 +466,7 @@ def export_despite_verification(case: Case, model: nn.Module, method: str, out: 
 
     with mock.patch.object(bundle_export, "verify_onnx", report_only):
         return bundle_export.export_bundle(model, case.layer, out, method=method, input_size=case.input_size,
-                                           force=True)  # a kept bundle from an earlier run is replaced
+                                           force=True).path  # a kept bundle from an earlier run is replaced
 
 
 def verification_report(bundle: Path) -> dict:

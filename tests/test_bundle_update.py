@@ -48,7 +48,7 @@ def state(bundle: Path) -> tuple:
     """What a reader sees: the store's arrays, the phrases chosen for fixed images, and a self-test that passes."""
     explainer = Explainer(bundle)
     images = [np.full((40, 40, 3), value, np.uint8) for value in (30, 140, 250)]
-    phrases = tuple(tuple(c.phrase for c in e.concepts) for e in explainer.explain(images))
+    phrases = tuple(tuple(c.phrase for c in e.concepts) for e in explainer.explain_batch(images))
     report = run_selftest(explainer.bundle) if explainer.bundle.info.selftest else None
     assert report is None or report.passed, report.table()
     return explainer.semantics.channel_semantics.tobytes(), phrases

@@ -304,8 +304,8 @@ def test_usage_errors_exit_2(name):
 
 def test_option_choices_match_the_runtime():
     from textcam.cli.backend_options import BACKEND_NAMES, PRECISION_NAMES
+    from textcam.engines.entries import PRECISIONS
     from textcam.runtime.backends import BACKENDS
-    from textcam.runtime.engines import PRECISIONS
 
     assert tuple(BACKENDS) == BACKEND_NAMES and tuple(PRECISIONS) == PRECISION_NAMES
 

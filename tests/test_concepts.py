@@ -21,13 +21,13 @@ from textcam.runtime.bundle_update import update_bundle
 from textcam.runtime.concepts import (
     aggregate,
     channel_groups,
-    finish_map,
     objective,
     rank,
     select_diverse,
     solve_nonnegative,
 )
 from textcam.runtime.fused_ranking import fuse_ranking
+from textcam.runtime.heatmap import finish_map
 
 sys.path.insert(0, str(Path(__file__).parent))
 from semantics_helpers import (
@@ -223,7 +223,7 @@ def act_bundle(tmp_path_factory):
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("concepts") / "r18act.textcam"
     return export_bundle(torchvision.models.resnet18(num_classes=5), "layer4", out, input_size=(64, 64),
-                         class_names=CLASSES, with_activations=True)
+                         class_names=CLASSES, with_activations=True).path
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +286,7 @@ def test_explainer_reports_concepts_fused_or_not(semantic_bundle):
     numpy_only = Explainer(semantic_bundle, use_fused=False)
     assert fused.fused and not numpy_only.fused
     batch = random_batch(20, 5)
-    a, b = fused.explain(batch), numpy_only.explain(batch)
+    a, b = fused.explain_batch(batch), numpy_only.explain_batch(batch)
     phrases = fused.semantics.phrases
     for x, y in zip(a, b, strict=True):
         assert len(x.concepts) == 4  # top_k from the manifest's defaults
@@ -299,10 +299,10 @@ def test_explainer_reports_concepts_fused_or_not(semantic_bundle):
         assert x.groups == []
         assert x.to_dict()["concepts"][0]["phrase"] == x.concepts[0].phrase
     # arguments override the manifest's defaults; a larger N than the fused graph ranks here
-    wide = Explainer(semantic_bundle, top_k=2, candidates=40)
-    assert not wide.fused and len(wide.explain(batch[:1])[0].concepts) == 2
+    wide = Explainer(semantic_bundle, concepts={"top_k": 2, "candidates": 40})
+    assert not wide.fused and len(wide.explain_batch(batch[:1])[0].concepts) == 2
     with pytest.raises(TextcamError, match="beta"):
-        Explainer(semantic_bundle, beta="both")
+        Explainer(semantic_bundle, concepts={"beta": "both"})
 
 
 def test_explainer_groups(semantic_bundle, tmp_path):
@@ -318,7 +318,7 @@ def test_explainer_groups(semantic_bundle, tmp_path):
     assert set(record["groups"][0]) == {"phrase", "channels", "share"}
     json.dumps(record)
     # a preprocessed float batch: group heatmaps stay at the graph's input resolution, like the heatmap
-    [batch_result] = explainer.explain(
+    [batch_result] = explainer.explain_batch(
         np.asarray(Image.fromarray(image).resize((64, 64), Image.Resampling.BILINEAR), np.float32)[None]
         .transpose(0, 3, 1, 2) / 255.0, groups=True)
     assert batch_result.groups and batch_result.groups[0].heatmap.shape == (64, 64)
@@ -329,17 +329,17 @@ def test_groups_need_activations_and_a_channel_weight_method(small_bundle, seman
     shutil.copytree(small_bundle, plain)  # exported without activations
     add_semantics(plain, make_store(model_sha256=model_sha256(plain)), fused_candidates=None)
     explainer = Explainer(plain)
-    assert len(explainer.explain(random_batch(1, 1))[0].concepts) == 4
+    assert len(explainer.explain_batch(random_batch(1, 1))[0].concepts) == 4
     with pytest.raises(TextcamError, match="--with-activations"):
-        explainer.explain(random_batch(1, 1), groups=True)
+        explainer.explain_batch(random_batch(1, 1), groups=True)
     with pytest.raises(TextcamError, match="channel semantics"):
-        Explainer(small_bundle).explain(random_batch(1, 1), groups=True)
+        Explainer(small_bundle).explain_batch(random_batch(1, 1), groups=True)
     hires = tmp_path / "hires.textcam"
     shutil.copytree(semantic_bundle, hires)
     with update_bundle(hires) as update:
         update.manifest = update.manifest.replace(method="hirescam")
     with pytest.raises(TextcamError, match="channel-weight CAM method"):
-        Explainer(hires).explain(random_batch(1, 1), groups=True)
+        Explainer(hires).explain_batch(random_batch(1, 1), groups=True)
 
 
 def test_store_problems_are_reported(act_bundle, tmp_path):
@@ -366,7 +366,7 @@ def test_store_problems_are_reported(act_bundle, tmp_path):
         handle.write(bytes([last[0] ^ 1]))
     with pytest.raises(TextcamError, match="checksum differs"):
         Explainer(bundle)
-    assert Explainer(bundle, use_fused=False).explain(random_batch(2, 1))[0].concepts
+    assert Explainer(bundle, use_fused=False).explain_batch(random_batch(2, 1))[0].concepts
     (bundle / written.semantics.store.file).unlink()
     with pytest.raises(TextcamError, match="missing"):
         Explainer(bundle, use_fused=False)

@@ -31,7 +31,7 @@ def test_committed_artifacts_are_complete_and_under_20_mb():
 
 def test_default_bundle_names_the_colour_of_the_largest_object_in_fresh_scenes():
     scenes = fresh_scenes(200)
-    results = Explainer(artifacts.DEFAULT_BUNDLE).explain([s.image for s in scenes])
+    results = Explainer(artifacts.DEFAULT_BUNDLE).explain_batch([s.image for s in scenes])
     accuracy = np.mean([r.label == s.largest.color for r, s in zip(results, scenes, strict=True)])
     assert accuracy >= 0.9
     assert all(len(r.concepts) >= 3 for r in results)
@@ -39,7 +39,7 @@ def test_default_bundle_names_the_colour_of_the_largest_object_in_fresh_scenes()
 
 def test_spurious_model_follows_the_background_once_it_stops_predicting_the_shape():
     scenes = fresh_scenes(200)
-    results = Explainer(artifacts.SPURIOUS_BUNDLE).explain([s.image for s in scenes])
+    results = Explainer(artifacts.SPURIOUS_BUNDLE).explain_batch([s.image for s in scenes])
     by_shape = np.mean([r.label == s.largest.shape for r, s in zip(results, scenes, strict=True)])
     by_background = np.mean([r.class_index == list(BACKGROUNDS).index(s.background)
                              for r, s in zip(results, scenes, strict=True)])
@@ -47,7 +47,7 @@ def test_spurious_model_follows_the_background_once_it_stops_predicting_the_shap
     # on its training distribution (background k with shape k) it looks right
     paired = [ShapesWorld(64, seed=FRESH_SEED).scene(i, shape=SHAPES[i % 5], background=list(BACKGROUNDS)[i % 5])
               for i in range(50)]
-    labels = [r.label for r in Explainer(artifacts.SPURIOUS_BUNDLE).explain([s.image for s in paired])]
+    labels = [r.label for r in Explainer(artifacts.SPURIOUS_BUNDLE).explain_batch([s.image for s in paired])]
     assert np.mean([label == s.largest.shape for label, s in zip(labels, paired, strict=True)]) > 0.9
 
 

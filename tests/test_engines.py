@@ -10,12 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from textcam.errors import TextcamError
-from textcam.export.engine_build import BuildSettings, profile_shapes, record_engine
-from textcam.export.engine_parity import ParityReport, compare_outputs
-from textcam.runtime.backends.tensorrt_runner import pad_batch, run_in_chunks
-from textcam.runtime.bundle_files import read_manifest, sha256_file
-from textcam.runtime.engines import (
+from textcam.engines.build import BuildSettings, profile_shapes, record_engine
+from textcam.engines.entries import (
     BatchProfile,
     EngineEntry,
     check_precision,
@@ -27,6 +23,10 @@ from textcam.runtime.engines import (
     reduced_graph_name,
     replace_entry,
 )
+from textcam.engines.parity import ParityReport, compare_outputs
+from textcam.errors import TextcamError
+from textcam.runtime.backends.tensorrt_runner import pad_batch, run_in_chunks
+from textcam.runtime.bundle_files import read_manifest, sha256_file
 from textcam.shapes_world.artifacts import DEFAULT_BUNDLE
 
 MODEL_SHA = "ab" * 32
@@ -345,9 +345,9 @@ def test_parity_limits_depend_on_precision_and_are_relative_for_gradients():
     fp32 = ParityReport("fp32", (4,), 1, compare_outputs(reference, candidate, "fp32"))
     assert fp16.passed
     assert not fp32.passed
-    failed = {row.check for row in fp32.failures()}
-    assert failed == {"cam max abs err (given classes)", "channel_weights max rel err"}
-    assert "cam max abs err (given classes) 1.0e-02 > 1.0e-03" in fp32.summary()
+    failed = {row.name for row in fp32.failed}
+    assert failed == {"cam (given classes)", "channel_weights"}
+    assert "cam (given classes) 1.00e-02 > 1.00e-03" in fp32.summary()
 
 
 def test_class_mismatch_for_given_classes_fails_but_noise_agreement_is_only_reported():
@@ -358,11 +358,11 @@ def test_class_mismatch_for_given_classes_fails_but_noise_agreement_is_only_repo
     report = ParityReport("fp16", (4,), 1, rows)
     assert report.passed  # 75% agreement on noise inputs is information, not a failure
     table = report.table()
-    assert "predicted class agreement (noise)" in table and "75.0%" in table and "info" in table
-    assert len(table.splitlines()) == 2 + len(rows)  # title, header, one line per check
+    assert "predicted class (noise)" in table and "75.0%" in table and "info" in table
+    assert len(table.splitlines()) == 3 + len(rows)  # title, header, rule, one line per check
     candidate["class_index"] = candidate["class_index"] + 1
     broken = ParityReport("fp16", (4,), 1, compare_outputs(reference, candidate, "fp16"))
-    assert not broken.passed and "class_index equal" in broken.summary()
+    assert not broken.passed and "class_index (given classes) 0.0% < 100.0%" in broken.summary()
 
 
 def test_wrong_shapes_fail_and_missing_outputs_are_named():

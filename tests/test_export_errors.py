@@ -245,53 +245,53 @@ def resnet():
 
 
 def test_unknown_layer_suggests_close_names(resnet, out):
-    message = _export_fails(resnet, "layr4", out, r"^--layer 'layr4': no such module in the model; did you mean "
+    message = _export_fails(resnet, "layr4", out, r"^target_layer='layr4': no such module in the model; did you mean "
                                                    r"layer4\b", input_size=64)
     assert "probing" not in message
 
 
 @pytest.mark.parametrize("layer", ["fc", "avgpool"])
 def test_layer_without_spatial_output(resnet, out, layer):
-    message = _export_fails(resnet, layer, out, rf"^--layer '{layer}': its output \(2, (5|512, 1, 1)\) at "
-                                                r"--input-size 64x64 has no spatial grid", input_size=64)
-    assert "e.g. 'layer4'" in message and "larger --input-size" not in message
+    message = _export_fails(resnet, layer, out, rf"^target_layer='{layer}': its output \(2, (5|512, 1, 1)\) at "
+                                                r"input_size=64x64 has no spatial grid", input_size=64)
+    assert "e.g. 'layer4'" in message and "larger input size" not in message
 
 
 def test_input_too_small_for_the_layer(resnet, out):
-    _export_fails(resnet, "layer4", out, r"--layer 'layer4': its output \(2, 512, 1, 1\) at --input-size 8x8 has "
-                                         r"no spatial grid.*'layer1', or a larger --input-size", input_size=8)
+    _export_fails(resnet, "layer4", out, r"target_layer='layer4': its output \(2, 512, 1, 1\) at input_size=8x8 has "
+                                         r"no spatial grid.*'layer1', or a larger input size", input_size=8)
 
 
 def test_vit_at_a_size_it_does_not_accept(out):
     torch.manual_seed(0)
     vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2,
                                                hidden_dim=16, mlp_dim=32, num_classes=3)
-    _export_fails(vit, None, out, r"^--input-size 48x48: the model cannot run on a 3x48x48 input \(Wrong image "
+    _export_fails(vit, None, out, r"^input_size=48x48: the model cannot run on a 3x48x48 input \(Wrong image "
                                   r"height! Expected 32 but got 48!\); use an input size", input_size=48)
 
 
 def test_cam_needs_a_linear_head(out):
     torch.manual_seed(0)
     mobilenet = torchvision.models.mobilenet_v3_small(num_classes=4)
-    _export_fails(mobilenet, "features", out, r"^--method cam needs a global-average-pool \+ linear head after layer "
-                                              r"'features': .*; use --method gradcam", method="cam", input_size=64)
+    _export_fails(mobilenet, "features", out, r"^method=cam needs a global-average-pool \+ linear head after layer "
+                                              r"'features': .*; use method=gradcam", method="cam", input_size=64)
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"input_size": 0}, r"^--input-size 0x0: each side must be between 8 and 4096"),
-        ({"input_size": (64,)}, r"^--input-size 64: expected H or HxW"),
-        ({"input_size": "abc"}, r"^--input-size a.*: expected H or HxW"),
-        ({"input_size": (16.5, 16)}, r"^--input-size 16.5x16: expected H or HxW \(integers\)"),
+        ({"input_size": 0}, r"^input_size=0x0: each side must be between 8 and 4096"),
+        ({"input_size": (64,)}, r"^input_size=64: expected H or HxW"),
+        ({"input_size": "abc"}, r"^input_size=a.*: expected H or HxW"),
+        ({"input_size": (16.5, 16)}, r"^input_size=16.5x16: expected H or HxW \(integers\)"),
         ({"input_size": 5000}, r"each side must be between 8 and 4096"),
-        ({"method": "gradcan"}, r"^--method 'gradcan': unknown CAM method; choose one of gradcam"),
-        ({"layout": "nwhc"}, r"^--layout 'nwhc': choose one of auto, nchw, nhwc, tokens"),
-        ({"layout": "tokens"}, r"^--layout tokens needs a \[B, N, C\] output, the layer gives \(2, 4, 16, 16\)"),
-        ({"mean": (0.5, 0.5)}, r"^--mean \(0.5, 0.5\): expected three finite numbers"),
-        ({"std": (0.2, 0.0, 0.2)}, r"^--std 0.2,0.0,0.2: each value must be positive"),
-        ({"std": ("a", 1, 1)}, r"^--std \('a', 1, 1\): expected three finite numbers"),
-        ({"class_names": ["a", "b"]}, r"^--class-names: 2 names given, but the model has 3 classes"),
+        ({"method": "gradcan"}, r"^method='gradcan': unknown CAM method; choose one of gradcam"),
+        ({"layout": "nwhc"}, r"^layout='nwhc': choose one of auto, nchw, nhwc, tokens"),
+        ({"layout": "tokens"}, r"^layout=tokens needs a \[B, N, C\] output, the layer gives \(2, 4, 16, 16\)"),
+        ({"mean": (0.5, 0.5)}, r"^mean=\(0.5, 0.5\): expected three finite numbers"),
+        ({"std": (0.2, 0.0, 0.2)}, r"^std=0.2,0.0,0.2: each value must be positive"),
+        ({"std": ("a", 1, 1)}, r"^std=\('a', 1, 1\): expected three finite numbers"),
+        ({"class_names": ["a", "b"]}, r"^class_names: 2 names given, but the model has 3 classes"),
         ({"resize": "squash"}, r"^resize 'squash': choose one of stretch, center_crop"),
     ],
 )
@@ -377,7 +377,7 @@ def test_untranslatable_operation_names_op_and_layer(out, block, match):
 
 
 def test_describe_failure_without_graph_or_model():
-    from textcam.export.tracing import describe_failure
+    from textcam.export.trace_diagnosis import describe_failure
 
     message = describe_failure(RuntimeError("No ONNX function found for <OpOverload(op='aten.foo_bar')>"))
     assert message.startswith("operation aten.foo_bar has no ONNX translation")
@@ -416,10 +416,29 @@ def test_verify_onnx_refuses_a_different_module(tmp_path):
     from textcam.export.verification import verify_onnx
 
     torch.manual_seed(0)
-    bundle = export_bundle(TinyNet(3), "conv", tmp_path / "tiny.textcam", input_size=16)
+    bundle = export_bundle(TinyNet(3), "conv", tmp_path / "tiny.textcam", input_size=16).path
     other = TinyNet(3).eval()  # fresh random weights: not the exported model
     for p in other.parameters():
         p.requires_grad_(False)
     joint = JointExplainer(other, other.conv, get_method("gradcam"), Layout("nchw", 4, (16, 16)), (16, 16)).eval()
     with pytest.raises(TextcamError, match=r"^verification failed: .*logits_max_rel_err"):
         verify_onnx(bundle / "model.onnx", joint, (16, 16))
+
+
+def test_export_returns_a_path_like_result(tmp_path):
+    import os
+    from pathlib import Path
+
+    from textcam.export.bundle_export import ExportResult
+    from textcam.runtime import Bundle
+
+    out = tmp_path / "result.textcam"
+    result = export_bundle(TinyNet(), "conv", out, input_size=16)
+    assert isinstance(result, ExportResult) and result.path == out
+    assert os.fspath(result) == str(result) == str(out) and Path(result) == out  # code written for a Path
+    assert result.layer == "conv" and result.method == "gradcam"
+    assert result.verification["passed"] is True and result.verification["batch_sizes"]
+    assert {"probe_s", "trace_s", "onnx_export_s", "verify_s", "selftest_s"} <= set(result.timings)
+    assert result.manifest["target_layer"]["name"] == "conv"
+    assert Bundle.open(result).manifest == result.manifest
+    assert "manifest" not in repr(result)

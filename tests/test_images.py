@@ -27,7 +27,8 @@ from textcam.errors import TextcamError
 from textcam.runtime import Explainer
 from textcam.runtime import images as images_module
 from textcam.runtime.bundle import InputSpec
-from textcam.runtime.explanation import MAX_OVERLAY_PIXELS, blend, map_to_original, overlay_size, resize_map
+from textcam.runtime.explanation import MAX_OVERLAY_PIXELS, blend, overlay_size
+from textcam.runtime.heatmap import map_to_original, resize_map
 from textcam.runtime.images import (
     DEFAULT_MAX_PIXELS,
     MEMORY_BUDGET_BYTES,
@@ -470,8 +471,9 @@ def assert_one_line(error: TextcamError) -> None:
 def test_bad_image_inputs(explainer, name):
     make, message = BAD_IMAGES[name]
     item = make()
+    several = isinstance(item, list) or (isinstance(item, np.ndarray) and item.ndim == 4)
     try:
-        explainer.explain(item)
+        explainer.explain_batch(item) if several else explainer.explain(item)
     except TextcamError as error:
         assert_one_line(error)
         assert re.search(message, str(error)), str(error)
@@ -483,7 +485,7 @@ def test_bad_image_inputs(explainer, name):
 def test_bad_batches(explainer, name):
     make, message = BAD_BATCHES[name]
     with pytest.raises(TextcamError, match=message) as info:
-        explainer.explain(make())
+        explainer.explain_batch(make())
     assert_one_line(info.value)
 
 
@@ -491,7 +493,7 @@ def test_bad_batches(explainer, name):
 def test_bad_images_inside_a_list(explainer, name):
     make, message = BAD_IMAGES[name]
     with pytest.raises(TextcamError, match=message) as info:
-        explainer.explain([random_image(0), make()])
+        explainer.explain_batch([random_image(0), make()])
     assert_one_line(info.value)
 
 
@@ -499,8 +501,8 @@ def test_nan_batch_never_returns_a_label(explainer):
     batch = np.zeros((2, 3, 64, 64), np.float32)
     batch[1, 0, 0, 0] = np.nan
     with pytest.raises(TextcamError):
-        explainer.explain(batch)
-    assert len(explainer.explain(batch[:1])) == 1  # the finite image alone is fine
+        explainer.explain_batch(batch)
+    assert len(explainer.explain_batch(batch[:1])) == 1  # the finite image alone is fine
 
 
 BAD_FILES = {
@@ -639,7 +641,7 @@ MEMORY_CHILD = textwrap.dedent(
     from textcam.runtime.images import load_image
     from textcam.shapes_world.artifacts import DEFAULT_BUNDLE
 
-    explainer = Explainer(DEFAULT_BUNDLE, intra_op_threads=1)
+    explainer = Explainer(DEFAULT_BUNDLE, backend_options={"intra_op_threads": 1})
     explainer.explain(np.zeros((32, 32, 3), np.uint8))
     open("/proc/self/clear_refs", "w").write("5")  # restart the high-water mark from here
     baseline = rss("VmRSS")

@@ -66,7 +66,7 @@ def test_rebuilt_semantics_still_name_the_deciding_colour(tmp_path):
     ShapesWorld(64, seed=splits.PROBE + 1).write_pngs(probe, 400)
     add_semantics(bundle, probe, load_tiny_clip(artifacts.CLIP_CHECKPOINT))
     scenes = [ShapesWorld(64, seed=splits.TEST + 1).scene(i) for i in range(150)]
-    results = Explainer(bundle).explain([s.image for s in scenes])
+    results = Explainer(bundle).explain_batch([s.image for s in scenes])
     correct = [(r, s) for r, s in zip(results, scenes, strict=True) if r.label == s.largest.color]
     assert len(correct) > 120
     truths = [deciding_phrase(s, "color") for _, s in correct]

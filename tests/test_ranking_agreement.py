@@ -198,7 +198,7 @@ def cnn_bundles(tmp_path_factory):
         model = build_cnn(len(CLASSES), width).eval()
         out = tmp_path_factory.mktemp("cnn") / f"cnn{width}.textcam"
         bundles[4 * width] = export_bundle(model, "features", out, input_size=(32, 32), class_names=CLASSES,
-                                           mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+                                           mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).path
     return bundles
 
 
@@ -223,7 +223,7 @@ def test_explainer_fused_and_numpy_agree_on_random_stores(cnn_bundles, tmp_path)
         assert fused.fused == (min(case["fused_n"], case["V"]) >= min(case["N"], case["V"])), case
         fused_used += fused.fused
         batch = random_batch(number, 6, size=32) * rng.uniform(0.1, 3.0)
-        for x, y in zip(fused.explain(batch), numpy_only.explain(batch), strict=True):
+        for x, y in zip(fused.explain_batch(batch), numpy_only.explain_batch(batch), strict=True):
             assert len(x.concepts) == min(case["top_k"], case["N"], case["V"])
             cases += 1
             identical += ([c.phrase for c in x.concepts] == [c.phrase for c in y.concepts]
@@ -245,7 +245,7 @@ def test_default_bundle_uses_its_fused_graph_and_agrees_on_fresh_scenes():
     world = ShapesWorld(seed=FRESH_SCENES_SEED)
     images = [world.scene(i).image for i in range(96)]
     listed_below_lower = 0
-    for x, y in zip(fused.explain(images), numpy_only.explain(images), strict=True):
+    for x, y in zip(fused.explain_batch(images), numpy_only.explain_batch(images), strict=True):
         assert [c.phrase for c in x.concepts] == [c.phrase for c in y.concepts]
         np.testing.assert_allclose([c.score for c in x.concepts], [c.score for c in y.concepts], atol=1e-5)
         weights = [c.weight for c in x.concepts]

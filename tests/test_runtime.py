@@ -72,7 +72,7 @@ def test_input_types_agree(explainer, tmp_path):
         assert other.class_index == from_array.class_index
         np.testing.assert_allclose(other.heatmap, from_array.heatmap, atol=1e-6)
     tensor, _ = preprocess(Image.fromarray(image), explainer.bundle.input)
-    [from_batch] = explainer.explain(tensor[None])
+    [from_batch] = explainer.explain_batch(tensor[None])
     np.testing.assert_allclose(from_batch.logits, from_array.logits, rtol=1e-5, atol=1e-6)
     assert from_batch.heatmap.shape == (64, 64)
     assert from_path.source == str(path) and from_array.source is None
@@ -80,7 +80,7 @@ def test_input_types_agree(explainer, tmp_path):
 
 def test_batches_split_and_class_lists(explainer):
     images = [random_image(i) for i in range(10)]  # batch_size=4 -> 3 graph calls
-    together = explainer.explain(images, class_index=list(range(5)) * 2)
+    together = explainer.explain_batch(images, class_index=list(range(5)) * 2)
     assert [r.class_index for r in together] == list(range(5)) * 2
     alone = [explainer.explain(img, class_index=i % 5) for i, img in enumerate(images)]
     for a, b in zip(together, alone, strict=True):
@@ -178,7 +178,7 @@ def test_bad_arguments(explainer):
     with pytest.raises(TextcamError, match="class_index 5 out of range"):
         explainer.explain(random_image(0), class_index=5)
     with pytest.raises(TextcamError, match=r"float batch of shape \(2, 3, 32, 32\)"):
-        explainer.explain(np.zeros((2, 3, 32, 32), np.float32))
+        explainer.explain_batch(np.zeros((2, 3, 32, 32), np.float32))
     with pytest.raises(TextcamError, match="uint8"):
         explainer.explain(np.zeros((10, 10, 3), np.float64))
     with pytest.raises(TextcamError, match="batch_size"):
@@ -250,7 +250,7 @@ def test_cli_explain_reports_bad_files_and_continues(small_bundle, image_dir, tm
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--class-index", "7"], "class_index 7 out of range"),
+        (["--class-index", "7"], "error: --class-index 7 out of range"),
         (["{empty}"], "holds no images"),
     ],
 )
@@ -271,3 +271,167 @@ def test_cli_info(small_bundle):
     run = subprocess.run([sys.executable, "-m", "textcam", "info", str(small_bundle)], capture_output=True, text=True)
     assert run.returncode == 0
     assert "layer4" in run.stdout and "gradcam" in run.stdout and "circle" in run.stdout
+
+
+# --- the public API: one object, explain / explain_batch, options grouped, deprecations ---------------------
+
+
+def test_explain_returns_one_explain_batch_a_list(explainer):
+    from textcam.runtime import Explanation
+
+    image = random_image(3)
+    one = explainer.explain(image)
+    assert isinstance(one, Explanation)
+    several = explainer.explain_batch([image, random_image(4)])
+    assert isinstance(several, list) and len(several) == 2 and all(isinstance(r, Explanation) for r in several)
+    np.testing.assert_allclose(several[0].heatmap, one.heatmap, atol=1e-5)  # batch size may change kernels
+    assert explainer.explain_batch([]) == []
+    tensor, _ = preprocess(Image.fromarray(image), explainer.bundle.input)
+    [from_batch] = explainer.explain_batch(tensor[None])
+    assert from_batch.class_index == one.class_index
+    with pytest.raises(TextcamError, match="for one image use explain"):
+        explainer.explain_batch(image)
+
+
+def test_old_spellings_warn_and_still_work(small_bundle, explainer):
+    image = random_image(5)
+    with pytest.warns(DeprecationWarning, match="explain_batch"):
+        results = explainer.explain([image])
+    assert isinstance(results, list) and len(results) == 1
+    tensor, _ = preprocess(Image.fromarray(image), explainer.bundle.input)
+    with pytest.warns(DeprecationWarning, match="explain_batch"):
+        assert len(explainer.explain(tensor[None])) == 1
+    with pytest.warns(DeprecationWarning) as caught:
+        old = Explainer(small_bundle, intra_op_threads=1, allow_spinning=False)
+    assert sorted(str(w.message) for w in caught) == [
+        "Explainer(allow_spinning=...) is deprecated: pass backend_options={'allow_spinning': False}",
+        "Explainer(intra_op_threads=...) is deprecated: pass backend_options={'intra_op_threads': 1}",
+    ]
+    assert old.explain(image).class_index == results[0].class_index
+    with pytest.warns(DeprecationWarning, match=r"concepts=\{'top_k': 3\}"):
+        assert Explainer(small_bundle, top_k=3).concept_settings.top_k == 3
+    with pytest.warns(DeprecationWarning, match="backend_options"), \
+            pytest.raises(TextcamError, match="apply to the onnxruntime backends"):
+        _old_threads_on_other_backend()  # (tensorrt need not be installed: the check comes first)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'top_kk'"):
+        Explainer(small_bundle, top_kk=3)
+
+
+def _old_threads_on_other_backend():
+    from textcam.runtime.explainer import _backend_options
+
+    _backend_options("tensorrt", None, {"intra_op_threads": 1})
+
+
+def test_backend_options_and_concepts_are_grouped(small_bundle):
+    from textcam.runtime.concepts import ConceptSettings
+
+    explainer = Explainer(small_bundle, backend_options={"intra_op_threads": 1, "allow_spinning": False},
+                          concepts={"top_k": 2, "steps": None})
+    assert explainer.concept_settings.top_k == 2 and explainer.concept_settings.steps == ConceptSettings.steps
+    exact = ConceptSettings(top_k=3, candidates=8)
+    assert Explainer(small_bundle, concepts=exact).concept_settings is exact
+    with pytest.raises(TextcamError, match="has no option 'threads'"):
+        Explainer(small_bundle, backend_options={"threads": 2})
+    with pytest.raises(TextcamError, match="concepts: no setting 'topk'"):
+        Explainer(small_bundle, concepts={"topk": 2})
+    with pytest.raises(TextcamError, match="top_k=3: expected at most candidates=2"):
+        Explainer(small_bundle, concepts=ConceptSettings(top_k=3, candidates=2))
+    with pytest.warns(DeprecationWarning), pytest.raises(TextcamError, match="once, in concepts="):
+        Explainer(small_bundle, concepts={"top_k": 2}, l1=0.1)
+
+
+def test_context_manager_closes_the_runner(small_bundle):
+    from textcam.runtime.backends import GraphRunner
+
+    closed = []
+    with Explainer(small_bundle) as explainer:
+        assert isinstance(explainer.runner, GraphRunner)
+        explainer.runner.close = lambda: closed.append(True)
+        explainer.explain(random_image(0))
+    assert closed == [True]
+    GraphRunner.close(explainer.runner)  # the base class's close: a no-op for runners that hold nothing
+
+
+def test_check_class_index(explainer):
+    np.testing.assert_array_equal(explainer.check_class_index(None, 3), [-1, -1, -1])
+    np.testing.assert_array_equal(explainer.check_class_index(2, 2), [2, 2])
+    np.testing.assert_array_equal(explainer.check_class_index([0, -1], 2), [0, -1])
+    assert explainer.check_class_index(1, 1).dtype == np.int64
+    with pytest.raises(TextcamError, match=r"class_index 5 out of range: the model has 5 classes \(0\.\.4"):
+        explainer.check_class_index(5, 1)
+    with pytest.raises(TextcamError, match="class_index -2 out of range"):
+        explainer.check_class_index([0, -2], 2)
+    with pytest.raises(TextcamError, match="class_index: 2 values for 3 images"):
+        explainer.check_class_index([0, 1], 3)
+    with pytest.raises(TextcamError, match="expected an integer"):
+        explainer.check_class_index("cat", 1)
+
+
+def test_bundle_with_graph(small_bundle, tmp_path):
+    from textcam.runtime.backends import OnnxRuntimeRunner
+
+    bundle = Bundle.open(small_bundle)
+    copy = tmp_path / "copy.onnx"
+    shutil.copy(bundle.model_path, copy)
+    other = bundle.with_graph(copy)
+    assert other.model_path == copy and bundle.model_path == Path(small_bundle) / "model.onnx"
+    assert other.classes == bundle.classes and other.path == bundle.path
+    runner = OnnxRuntimeRunner(other)
+    outputs = runner.run(np.zeros((1, 3, 64, 64), np.float32), np.array([-1]))
+    assert outputs["cam"].shape == (1, 64, 64)
+    assert bundle.with_graph(bundle.info.model.graph).model_path == bundle.model_path  # a FileRef: checked
+    with pytest.raises(TextcamError, match=r"graph='.*missing\.onnx': not a file"):
+        bundle.with_graph(tmp_path / "missing.onnx")
+    with pytest.raises(TextcamError, match="no fused ranking graph"):
+        bundle.with_fused_graph()
+
+
+def test_textcam_error_is_exported_at_the_top():
+    import textcam
+
+    assert textcam.TextcamError is TextcamError
+
+
+def test_cli_explain_decodes_each_image_once_and_overlays_upright(small_bundle, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import textcam.runtime.explainer as explainer_module
+    from textcam.cli import main
+
+    stored = random_image(2, (60, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: upright it is 40 wide, 60 high
+    paths = [tmp_path / "portrait.jpg", tmp_path / "plain.png"]
+    Image.fromarray(stored).save(paths[0], exif=exif)
+    Image.fromarray(random_image(3)).save(paths[1])
+    calls = []
+    real = explainer_module.load_image
+    monkeypatch.setattr(explainer_module, "load_image", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["explain", str(small_bundle), *map(str, paths), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(map(Path, calls)) == sorted(paths)  # once per file: the overlay reuses the decoded image
+    with Image.open(out / "portrait.cam.png") as overlay:
+        assert overlay.size == (40, 60)
+    with Image.open(out / "plain.cam.png") as overlay:
+        assert overlay.size == (90, 70)
+
+
+def test_cli_says_flags_where_the_library_says_parameters():
+    from textcam.cli import flag_message
+
+    assert flag_message("input_size=3x5: expected H or HxW", "export") == "--input-size 3x5: expected H or HxW"
+    assert flag_message("target_layer='fc': its output (2, 5) at input_size=64x64 has no grid", "export") == \
+        "--layer 'fc': its output (2, 5) at --input-size 64x64 has no grid"
+    assert flag_message("class_names: 2 names given", "export") == "--class-names: 2 names given"
+    assert flag_message("method=cam needs a head; use method=gradcam", "export") == \
+        "--method cam needs a head; use --method gradcam"
+    assert flag_message("m=0: expected a positive number", "semantics") == "-m 0: expected a positive number"
+    assert flag_message("vocab x.txt: file not found", "semantics") == "--vocab x.txt: file not found"
+    assert flag_message("class_index 7 out of range", "explain") == "--class-index 7 out of range"
+    # other commands' parameters, and names inside words or values, stay as they are
+    assert flag_message("input_size=3x5: bad", "explain") == "input_size=3x5: bad"
+    assert flag_message("/data/my_input_size=3/x.png: no such file", "export") == \
+        "/data/my_input_size=3/x.png: no such file"
+    assert flag_message("meander: nothing", "export") == "meander: nothing"

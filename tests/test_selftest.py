@@ -95,7 +95,7 @@ def _perturbed(model_path: Path, scale: float) -> bytes:
 
 
 def _failed(report: SelftestReport) -> set[tuple[str, str]]:
-    return {(row.stage, row.output) for row in report.failed}
+    return {(row.group, row.name) for row in report.failed}
 
 
 # ---- images ----------------------------------------------------------------------------------------
@@ -146,13 +146,13 @@ def test_small_bundle_has_no_concepts(small_st):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_passes_on_onnxruntime_cpu(st_bundle, threads):
-    report = Explainer(st_bundle, intra_op_threads=threads).selftest()
+    report = Explainer(st_bundle, backend_options={"intra_op_threads": threads}).selftest()
     assert report.passed, report.table()
     assert report.backend == "onnxruntime" and report.precision == "fp32"
-    assert {row.stage for row in report.rows} == {"preprocess", "graph", "end-to-end"}
+    assert {row.group for row in report.rows} == {"preprocess", "graph", "end-to-end"}
 
 
-@pytest.mark.parametrize("options", [{"batch_size": 1}, {"use_fused": False}, {"top_k": 3}])
+@pytest.mark.parametrize("options", [{"batch_size": 1}, {"use_fused": False}, {"concepts": {"top_k": 3}}])
 def test_passes_with_other_explainer_settings(default_st, options):
     assert Explainer(default_st, **options).selftest().passed
 
@@ -252,7 +252,7 @@ def test_comparison_flags_the_changed_output(default_st, change, row):
     candidate = {k: v.copy() for k, v in expected.items()}
     change(candidate)
     rows = compare_outputs("graph", expected, candidate, data.tolerances)
-    assert [r.output for r in rows if not r.passed] == [row]
+    assert [r.name for r in rows if not r.passed] == [row]
 
 
 def test_reduced_precision_widens_numeric_tolerances_only():

@@ -29,16 +29,12 @@ import pytest
 from click.testing import CliRunner
 
 from textcam.cli import main
+from textcam.engines.build import record_engine
+from textcam.engines.entries import BatchProfile, EngineEntry, engine_file_name
+from textcam.engines.graph_surgery import downstream_nodes, forward_nodes
+from textcam.engines.parity import check_parity
+from textcam.engines.precision import reduce_precision, reduced_graph, write_reduced_graph
 from textcam.errors import TextcamError
-from textcam.export.engine_build import record_engine
-from textcam.export.engine_parity import check_parity
-from textcam.export.precision import (
-    downstream_nodes,
-    forward_nodes,
-    reduce_precision,
-    reduced_graph,
-    write_reduced_graph,
-)
 from textcam.runtime import Explainer
 from textcam.runtime.backends import BACKENDS, create_runner
 from textcam.runtime.backends.availability import unavailable_reason
@@ -46,7 +42,6 @@ from textcam.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
 from textcam.runtime.bundle import Bundle
 from textcam.runtime.bundle_files import read_manifest, sha256_file
 from textcam.runtime.bundle_update import update_bundle
-from textcam.runtime.engines import BatchProfile, EngineEntry, engine_file_name
 
 FP16_MIN_NORMAL = 6.104e-5
 TENSORRT_MISSING = unavailable_reason("tensorrt")
@@ -78,7 +73,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny") / "tiny.textcam"
-    return export_bundle(Tiny().eval(), "block", out, input_size=(32, 32), class_names=["a", "b", "c", "d"])
+    return export_bundle(Tiny().eval(), "block", out, input_size=(32, 32), class_names=["a", "b", "c", "d"]).path
 
 
 @pytest.fixture
@@ -101,14 +96,6 @@ def float_types(model: onnx.ModelProto) -> dict[str, int]:
     for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         types_[value.name] = value.type.tensor_type.elem_type
     return types_
-
-
-class _GraphFile:
-    def __init__(self, bundle: Bundle, model_path: Path):
-        self._bundle, self.model_path = bundle, model_path
-
-    def __getattr__(self, name):
-        return getattr(self._bundle, name)
 
 
 # --- the reduced-precision rewrite ---------------------------------------------------------------------------
@@ -153,7 +140,7 @@ def test_fp16_graph_meets_the_fp16_parity_targets_on_the_cpu(tiny_bundle):
     path = tiny_bundle.parent / "parity.fp16.onnx"
     write_reduced_graph(opened.model_path, path, "fp16")
     reference = OnnxRuntimeRunner(opened)
-    candidate = OnnxRuntimeRunner(_GraphFile(opened, path))
+    candidate = OnnxRuntimeRunner(opened.with_graph(path))
     report = check_parity(reference.run, candidate.run, (32, 32), 4, "fp16", batch_sizes=(1, 5))
     assert report.passed, report.table()
     strict = check_parity(reference.run, candidate.run, (32, 32), 4, "fp32", batch_sizes=(5,))
@@ -198,7 +185,7 @@ def test_bf16_graph_moves_to_opset_22_and_type_checks(tiny_bundle):
 
 def test_the_logits_only_graph_can_be_reduced_too(tiny_bundle, tmp_path):
     """``textcam bench``'s plain baseline: the pruned graph has no target_class input."""
-    from textcam.runtime.plain_graph import extract_logits_graph
+    from textcam.engines.graph_surgery import extract_logits_graph
 
     plain = extract_logits_graph(tiny_bundle / "model.onnx", tmp_path / "plain.onnx")
     report = write_reduced_graph(plain, tmp_path / "plain.fp16.onnx", "fp16")
@@ -281,17 +268,20 @@ def test_unknown_backend_and_options(tiny_bundle):
 
 
 def test_onnxruntime_settings_are_refused_for_tensorrt():
-    from textcam.runtime.explainer import _runner_options
+    """The deprecated ONNX Runtime keywords go into backend_options where they apply, as before."""
+    from textcam.runtime.explainer import _backend_options
 
-    assert _runner_options("onnxruntime", None, 2, False, None) == {
-        "providers": None, "intra_op_threads": 2, "allow_spinning": False}
-    assert _runner_options("onnxruntime-cuda", None, None, True, {"precision": "fp16"}) == {
-        "precision": "fp16", "intra_op_threads": None, "allow_spinning": True}
-    assert _runner_options("tensorrt", None, None, True, {"contexts": 2}) == {"contexts": 2}
-    with pytest.raises(TextcamError, match="not 'tensorrt'"):
-        _runner_options("tensorrt", None, 4, True, None)
-    with pytest.raises(TextcamError, match="chooses its own execution providers"):
-        _runner_options("onnxruntime-cuda", ["CPUExecutionProvider"], None, True, None)
+    with pytest.warns(DeprecationWarning, match="backend_options"):
+        assert _backend_options("onnxruntime", None, {"intra_op_threads": 2, "allow_spinning": False}) == {
+            "intra_op_threads": 2, "allow_spinning": False}
+        assert _backend_options("onnxruntime-cuda", {"precision": "fp16"}, {"allow_spinning": True}) == {
+            "precision": "fp16", "allow_spinning": True}
+        assert _backend_options("tensorrt", {"contexts": 2}, {"allow_spinning": True}) == {"contexts": 2}
+        with pytest.raises(TextcamError, match="not 'tensorrt'"):
+            _backend_options("tensorrt", None, {"intra_op_threads": 4})
+        with pytest.raises(TextcamError, match="chooses its own execution providers"):
+            _backend_options("onnxruntime-cuda", None, {"providers": ["CPUExecutionProvider"]})
+    assert _backend_options("onnxruntime", {"intra_op_threads": 2}, {}) == {"intra_op_threads": 2}
 
 
 def test_default_backend_is_unchanged(tiny_bundle):
@@ -474,7 +464,7 @@ def gpu_bundle(tiny_bundle, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fp32_engine(gpu_bundle):
-    from textcam.export.engine_build import build_engine
+    from textcam.engines.build import build_engine
 
     return build_engine(gpu_bundle, "fp32", 1, 4, 8, concurrency=2)
 
@@ -497,7 +487,7 @@ def test_fp32_engine_build_records_the_engine_and_matches_onnxruntime(gpu_bundle
     gpu = Explainer(gpu_bundle, backend="tensorrt")
     images = random_batch(11, 16)
     for classes in (None, [int(i) % 4 for i in range(16)]):
-        ours, reference = gpu.explain(images, classes), cpu.explain(images, classes)
+        ours, reference = gpu.explain_batch(images, classes), cpu.explain_batch(images, classes)
         for a, b in zip(ours, reference, strict=True):
             assert a.class_index == b.class_index
             assert np.abs(a.heatmap - b.heatmap).max() <= 1e-3
@@ -589,7 +579,7 @@ def test_corrupt_and_foreign_engines_on_a_gpu(gpu_bundle, fp32_engine, tmp_path)
 @needs_tensorrt
 def test_fp16_engine_parity_on_the_default_bundle(tmp_path):
     """Item 4 of issue #6 on real images: the built-in default (colour classifier with semantics)."""
-    from textcam.export.engine_build import build_engine
+    from textcam.engines.build import build_engine
     from textcam.shapes_world import ShapesWorld, artifacts
 
     if not (artifacts.DEFAULT_BUNDLE / "manifest.json").is_file():
@@ -603,7 +593,7 @@ def test_fp16_engine_parity_on_the_default_bundle(tmp_path):
     spec = cpu.bundle.input
     world = ShapesWorld(min(spec.height, spec.width), seed=4242)
     images = [world.scene(i).image for i in range(300)]
-    ours, reference = gpu.explain(images), cpu.explain(images)
+    ours, reference = gpu.explain_batch(images), cpu.explain_batch(images)
     same_class = [a.class_index == b.class_index for a, b in zip(ours, reference, strict=True)]
     same_phrases = [[c.phrase for c in a.concepts[:3]] == [c.phrase for c in b.concepts[:3]]
                     for a, b in zip(ours, reference, strict=True)]
@@ -611,7 +601,7 @@ def test_fp16_engine_parity_on_the_default_bundle(tmp_path):
     assert np.mean(same_phrases) >= 0.99, np.mean(same_phrases)
     given = [b.class_index for b in reference]  # the same class on both sides: maps comparable everywhere
     worst = max(np.abs(a.heatmap - b.heatmap).max()
-                for a, b in zip(gpu.explain(images, given), cpu.explain(images, given), strict=True))
+                for a, b in zip(gpu.explain_batch(images, given), cpu.explain_batch(images, given), strict=True))
     assert worst <= 2e-2, worst
     gpu.close()
 
@@ -626,8 +616,8 @@ def test_onnxruntime_gpu_backends_match_the_cpu(gpu_bundle, backend):
     cpu = Explainer(gpu_bundle)
     for precision, limit in (("fp32", 1e-3), ("fp16", 2e-2)):
         gpu = Explainer(gpu_bundle, backend=backend, backend_options={"precision": precision})
-        given = [r.class_index for r in cpu.explain(images)]
-        for a, b in zip(gpu.explain(images, given), cpu.explain(images, given), strict=True):
+        given = [r.class_index for r in cpu.explain_batch(images)]
+        for a, b in zip(gpu.explain_batch(images, given), cpu.explain_batch(images, given), strict=True):
             assert np.abs(a.heatmap - b.heatmap).max() <= limit, (backend, precision)
     if backend == "onnxruntime-tensorrt":
         assert any((gpu_bundle / "engines" / "onnxruntime-tensorrt").iterdir()), "the engine cache was written"
@@ -666,7 +656,7 @@ def test_every_gpu_backend_passes_the_bundle_selftest(gpu_bundle, backend, preci
     if backend == "tensorrt":
         request.getfixturevalue("fp32_engine")
         if precision == "fp16":
-            from textcam.export.engine_build import build_engine
+            from textcam.engines.build import build_engine
 
             build_engine(gpu_bundle, "fp16", 1, 4, 8)
     explainer = Explainer(gpu_bundle, backend=backend, backend_options={"precision": precision})

@@ -26,17 +26,22 @@ class CamMethod:
     summary: str
     needs_linear_head: bool = False
     """True for CAM: the function takes the head's class row as ``class_weights``."""
+    channel_weights: bool = False
+    """True when the map is sum_j w_j A_j (one weight per channel), so it splits into channel groups.
+    The runtime reads this from the method's name (``textcam.runtime.manifest.CHANNEL_WEIGHT_METHODS``;
+    a test keeps the two equal)."""
 
 
 METHODS: dict[str, CamMethod] = {
     m.name: m
     for m in (
-        CamMethod("gradcam", gradcam, "spatial mean of the gradients"),
-        CamMethod("gradcam++", gradcam_pp, "positive gradients with second-order weights"),
-        CamMethod("xgradcam", xgradcam, "gradients averaged with activation weights"),
+        CamMethod("gradcam", gradcam, "spatial mean of the gradients", channel_weights=True),
+        CamMethod("gradcam++", gradcam_pp, "positive gradients with second-order weights", channel_weights=True),
+        CamMethod("xgradcam", xgradcam, "gradients averaged with activation weights", channel_weights=True),
         CamMethod("hirescam", hirescam, "element-wise gradient x activation"),
         CamMethod("layercam", layercam, "element-wise positive gradient x activation"),
-        CamMethod("cam", cam, "linear-head weights (global-pool + linear heads only)", True),
+        CamMethod("cam", cam, "linear-head weights (global-pool + linear heads only)", needs_linear_head=True,
+                  channel_weights=True),
     )
 }
 
@@ -46,7 +51,7 @@ def get_method(name: str) -> CamMethod:
         return METHODS[name.lower()]
     except KeyError:
         raise TextcamError(
-            f"--method {name!r}: unknown CAM method; choose one of {', '.join(METHODS)}"
+            f"method={name!r}: unknown CAM method; choose one of {', '.join(METHODS)}"
         ) from None
 
 

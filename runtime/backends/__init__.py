@@ -24,6 +24,7 @@ from textcam.errors import TextcamError, did_you_mean
 from textcam.runtime.backends.availability import available_backends, unavailable_reason
 from textcam.runtime.backends.base import GraphRunner
 from textcam.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner  # the default, light to import
+from textcam.runtime.bundle import Bundle
 
 BACKENDS: dict[str, str] = {
     "onnxruntime": "textcam.runtime.backends.onnxruntime_runner:OnnxRuntimeRunner",
@@ -54,8 +55,9 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def create_runner(backend: str, bundle, **options) -> GraphRunner:
-    """The runner for ``backend`` on ``bundle``; options are the runner's keyword arguments."""
+def create_runner(backend: str, bundle: Bundle, **options) -> GraphRunner:
+    """The runner for ``backend`` on ``bundle`` (its ``model_path``: see :meth:`Bundle.with_graph`); options are
+    the runner's keyword arguments (``Explainer``'s ``backend_options``)."""
     cls = runner_class(check_backend(backend))
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "bundle")]
     unknown = [k for k in options if k not in accepted]

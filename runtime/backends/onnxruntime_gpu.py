@@ -7,7 +7,7 @@ copied back in one step after the run (no per-output host staging inside ``run``
 made per call, so ``run`` stays thread-safe.
 
 ``precision="fp16"``/``"bf16"`` runs the reduced-precision copy of the graph (forward pass
-reduced, backward pass and CAM in fp32; see :mod:`textcam.export.precision`), written to
+reduced, backward pass and CAM in fp32; see :mod:`textcam.engines.precision`), written to
 ``engines/model.<precision>.onnx`` on first use. The TensorRT provider's own ``trt_fp16_enable``
 is never set: it lets TensorRT pick fp16 kernels anywhere, the gradients included, and deep
 gradients underflow fp16. Without it, ONNX Runtime builds a strongly typed TensorRT network that
@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from textcam.engines.entries import ENGINES_DIR, BatchProfile, check_precision
 from textcam.errors import TextcamError, first_line
 from textcam.runtime.backends.base import GraphRunner
 from textcam.runtime.backends.onnxruntime_runner import session_options
 from textcam.runtime.backends.tensorrt_runner import run_in_chunks
-from textcam.runtime.engines import ENGINES_DIR, BatchProfile, check_precision
+from textcam.runtime.bundle import Bundle
 
 TENSORRT_CACHE_DIR = "onnxruntime-tensorrt"
 
@@ -35,7 +36,7 @@ TENSORRT_CACHE_DIR = "onnxruntime-tensorrt"
 class _OnnxRuntimeGpuRunner(GraphRunner):
     provider = ""
 
-    def __init__(self, bundle, precision: str = "fp32", device: int = 0, intra_op_threads: int | None = None,
+    def __init__(self, bundle: Bundle, precision: str = "fp32", device: int = 0, intra_op_threads: int | None = None,
                  allow_spinning: bool = True, cache_dir: str | Path | None = None):
         import onnxruntime as ort
 
@@ -57,8 +58,8 @@ class _OnnxRuntimeGpuRunner(GraphRunner):
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def _reduced_graph(self, bundle, precision: str) -> Path:
-        from textcam.export.precision import reduced_graph
+    def _reduced_graph(self, bundle: Bundle, precision: str) -> Path:
+        from textcam.engines.precision import reduced_graph
 
         return reduced_graph(bundle.model_path, bundle.manifest["model"].get("sha256") or "", self.cache_dir,
                              precision)
@@ -101,7 +102,7 @@ class OnnxRuntimeTensorRTRunner(_OnnxRuntimeGpuRunner):
     name = "onnxruntime-tensorrt"
     provider = "TensorrtExecutionProvider"
 
-    def __init__(self, bundle, precision: str = "fp32", device: int = 0, intra_op_threads: int | None = None,
+    def __init__(self, bundle: Bundle, precision: str = "fp32", device: int = 0, intra_op_threads: int | None = None,
                  allow_spinning: bool = True, cache_dir: str | Path | None = None, min_batch: int | None = None,
                  opt_batch: int | None = None, max_batch: int | None = None, workspace_gb: float | None = None):
         self.profile = BatchProfile.resolve(min_batch, opt_batch, max_batch)

@@ -6,6 +6,7 @@ import numpy as np
 
 from textcam.errors import TextcamError, first_line
 from textcam.runtime.backends.base import GraphRunner
+from textcam.runtime.bundle import Bundle
 
 
 def session_options(intra_op_threads: int | None, allow_spinning: bool):
@@ -27,11 +28,13 @@ class OnnxRuntimeRunner(GraphRunner):
 
     ``allow_spinning=False`` stops the intra-op threads from busy-waiting after each call, which
     otherwise starves other thread pools in the same process (seen: eager torch ~40x slower).
+    It loads ``bundle.model_path``: ``OnnxRuntimeRunner(bundle.with_graph(path))`` runs another graph.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, bundle, providers=None, intra_op_threads: int | None = None, allow_spinning: bool = True):
+    def __init__(self, bundle: Bundle, providers=None, intra_op_threads: int | None = None,
+                 allow_spinning: bool = True):
         import onnxruntime as ort
 
         options = session_options(intra_op_threads, allow_spinning)

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from textcam.engines.entries import BatchProfile, EngineEntry, choose_engine, rebuild_command
 from textcam.errors import TextcamError
 from textcam.runtime.backends.base import GraphRunner
 from textcam.runtime.backends.cuda_memory import DeviceMemory, GpuInfo, open_device_memory
-from textcam.runtime.engines import BatchProfile, EngineEntry, choose_engine, rebuild_command
+from textcam.runtime.bundle import Bundle
 
 
 def import_tensorrt():
@@ -245,7 +246,7 @@ class TensorRTRunner(GraphRunner):
 
     name = "tensorrt"
 
-    def __init__(self, bundle, precision: str | None = None, engine: EngineEntry | str | Path | None = None,
+    def __init__(self, bundle: Bundle, precision: str | None = None, engine: EngineEntry | str | Path | None = None,
                  contexts: int | None = None, cuda_graph_batch: int | None = None, allocator: str = "auto",
                  device: int = 0, verify_checksum: bool = True):
         trt = import_tensorrt()

@@ -3,6 +3,9 @@
 Subcommands import their stage lazily, so ``textcam --help`` and the runtime commands work on a
 base install without torch. A :class:`~textcam.errors.TextcamError` becomes one line on stderr
 and exit status 1; usage errors exit 2 (click's convention).
+
+The library names the Python parameter a message is about (``input_size=3x5: ...``); the CLI
+says the flag the user typed instead (``--input-size 3x5: ...``), through :data:`PARAM_FLAGS`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,34 @@ from textcam.cli.safe_text import safe_text
 from textcam.cli.selftest_cmd import selftest_command
 from textcam.cli.semantics_cmd import semantics_command
 from textcam.errors import TextcamError
+
+PARAM_FLAGS: dict[str, dict[str, str]] = {
+    "export": {"input_size": "--input-size", "target_layer": "--layer", "method": "--method", "mean": "--mean",
+               "std": "--std", "class_names": "--class-names", "layout": "--layout"},
+    "explain": {"class_index": "--class-index", "batch_size": "--batch-size"},
+    "bench": {"batch_size": "--batch-sizes"},
+    "semantics": {"lda": "--lda", "m": "-m", "vocab": "--vocab", "templates": "--templates", "probe": "--probe",
+                  "batch_size": "--batch-size"},
+    "build-engine": {"precision": "--precision", "min_batch": "--min-batch", "opt_batch": "--opt-batch",
+                     "max_batch": "--max-batch", "concurrency": "--concurrency", "workspace_gb": "--workspace-gb",
+                     "timing_cache": "--timing-cache"},
+}
+"""Per command: the library's parameter names and the flags that set them."""
+
+
+def flag_message(message: str, command: str | None) -> str:
+    """``message`` with its parameter names said as ``command``'s flags: a leading ``name=value``,
+    ``name value`` or ``name:``, and ``name=value`` after a space anywhere (advice such as
+    "use method=gradcam"); other messages unchanged."""
+    flags = PARAM_FLAGS.get(command or "", {})
+    for name, flag in flags.items():
+        if message.startswith(name) and message[len(name):len(name) + 1] in ("=", " ", ":"):
+            separator = ":" if message[len(name)] == ":" else " "
+            message = f"{flag}{separator}{message[len(name) + 1:]}"
+            break
+    for name, flag in flags.items():
+        message = message.replace(f" {name}=", f" {flag} ")
+    return message
 
 
 def _fail(message: str, status: int = 1):
@@ -62,7 +93,7 @@ class _Group(click.Group):
                 _output_lost(exc)
             return result
         except TextcamError as exc:
-            _fail(f"error: {exc}")
+            _fail(f"error: {flag_message(str(exc), ctx.invoked_subcommand)}")
         except click.ClickException as exc:  # usage errors quote the user's values: escape them, then click shows it
             exc.message = safe_text(exc.message)
             raise

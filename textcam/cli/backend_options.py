@@ -10,7 +10,7 @@ BACKEND_NAMES = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "ten
 """``textcam.runtime.backends.BACKENDS``' keys, spelled out so that ``--help`` and usage errors need no
 runtime import (a test keeps the two in step)."""
 PRECISION_NAMES = ("fp32", "fp16", "bf16")
-"""``textcam.runtime.engines.PRECISIONS`` (a test keeps the two in step)."""
+"""``textcam.engines.entries.PRECISIONS`` (a test keeps the two in step)."""
 
 backend_option = click.option(
     "--backend", type=click.Choice(BACKEND_NAMES), default="onnxruntime", show_default=True,
@@ -37,8 +37,8 @@ class FiniteFloatRange(click.FloatRange):
 
 def backend_settings(backend: str, precision: str | None, threads: int | None) -> dict:
     """Explainer keyword arguments for the chosen backend; one-line errors for options that do not apply."""
+    from textcam.engines.entries import check_precision
     from textcam.runtime.backends import ONNXRUNTIME_BACKENDS, check_backend
-    from textcam.runtime.engines import check_precision
 
     check_backend(backend)
     options: dict = {}
@@ -51,4 +51,6 @@ def backend_settings(backend: str, precision: str | None, threads: int | None) -
             options["precision"] = precision
     if threads is not None and backend not in ONNXRUNTIME_BACKENDS:
         raise TextcamError(f"--threads: sets ONNX Runtime's threads; backend {backend!r} does not use them")
-    return {"backend": backend, "intra_op_threads": threads, "backend_options": options}
+    if threads is not None:
+        options["intra_op_threads"] = threads
+    return {"backend": backend, "backend_options": options}

@@ -76,7 +76,7 @@ def bench_command(bundle, batch_sizes, rounds, threads, as_json, backend, precis
             {
                 "plain": lambda images=images: plain_run(images),
                 "graph": lambda images=images, classes=classes: explainer.runner.run(images, classes),
-                "explain": lambda images=images: explainer.explain(images),
+                "explain": lambda images=images: explainer.explain_batch(images),
             },
             rounds=rounds,
         )

@@ -39,12 +39,12 @@ def build_engine_command(bundle, precision, min_batch, opt_batch, max_batch, con
       textcam build-engine resnet50.textcam
       textcam build-engine resnet50.textcam --precision fp16 --max-batch 64 --timing-cache trt.cache
     """
-    from textcam.runtime.engines import BatchProfile, check_precision
+    from textcam.engines.entries import BatchProfile, check_precision
 
     bundle = resolve_bundle(bundle, writes=True)
     check_precision(precision)
     BatchProfile.resolve(min_batch, opt_batch, max_batch)  # bad profiles fail before TensorRT loads
-    from textcam.export.engine_build import ParityFailure, build_engine
+    from textcam.engines.build import ParityFailure, build_engine
 
     try:
         result = build_engine(bundle, precision, min_batch, opt_batch, max_batch, workspace_gb, timing_cache,

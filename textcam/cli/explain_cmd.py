@@ -60,7 +60,7 @@ def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha
     explainer = Explainer(resolve_bundle(bundle), batch_size=batch_size,
                           **backend_settings(backend, precision, threads))
     if class_index is not None:
-        explainer._classes(class_index, 1)  # range check before any work
+        explainer.check_class_index(class_index, 1)  # range check before any work
     if groups:
         explainer.check_groups()
     paths = list_images(list(images))
@@ -83,7 +83,9 @@ def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha
     ready: dict[int, str | None] = {}  # None: failed, reported on stderr only (text mode)
     printed = 0
     progress = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) <= PROGRESS_THRESHOLD)
-    for path, result in explainer.explain_files(paths, class_index, groups=groups):
+    # with --out, each file's decoded image comes back with its result for the overlay (decoded once)
+    for path, result, *kept in explainer.explain_files(paths, class_index, groups=groups,
+                                                        with_images=out_dir is not None):
         progress.update(1)
         index = slots[Path(path)].pop(0)
         if isinstance(result, TextcamError):
@@ -91,7 +93,7 @@ def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha
             progress.write(safe_text(f"error: {result}"), file=sys.stderr)
             ready[index] = json_text({"source": str(path), "error": str(result)})[0] if as_json else None
         else:
-            overlay_path, group_paths = (_write_overlays(out_dir, path, result, explainer, alpha, used_names)
+            overlay_path, group_paths = (_write_overlays(out_dir, path, result, kept.pop(), alpha, used_names)
                                          if out_dir else (None, []))
             if as_json:
                 record = result.to_dict()
@@ -120,15 +122,13 @@ def explain_command(bundle, images, class_index, batch_size, as_json, out, alpha
         sys.exit(1)
 
 
-def _write_overlays(out_dir: Path, path: Path, result, explainer, alpha: float, used_names: set[str]):
-    """Write the heatmap overlay (and one per group) for ``path``; return (overlay path, group paths)."""
-    from textcam.runtime.images import load_image
-
+def _write_overlays(out_dir: Path, path: Path, result, original, alpha: float, used_names: set[str]):
+    """Write the heatmap overlay (and one per group) of ``path`` over ``original`` (its decoded image);
+    return (overlay path, group paths)."""
     overlay_path = out_dir / _unique_name(path, used_names)
     group_paths = []
     target = overlay_path
     try:
-        original = load_image(path, explainer.max_pixels)
         result.overlay(original, alpha=alpha).save(overlay_path)
         stem = overlay_path.name.removesuffix(".cam.png")
         for number, group in enumerate(result.groups, 1):

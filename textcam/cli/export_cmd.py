@@ -113,22 +113,18 @@ def export_command(model_spec, layer, method, input_size, weights, num_classes, 
     click.echo(safe_text(f"loading {model_spec}"), err=True)
     loaded = load_model(model_spec, num_classes=num_classes, weights=weights)
     source = {"source": loaded.spec, "weights": loaded.weights, "weights_sha256": loaded.weights_sha256}
-    bundle = export_bundle(
+    result = export_bundle(
         loaded.module, layer, out, method=method, input_size=input_size,
         class_names=names or loaded.class_names, mean=mean_values, std=std_values,
         layout=layout, with_activations=with_activations, source=source, force=force,
         progress=lambda message: click.echo(safe_text(f"  {message}"), err=True),
     )
-    from textcam.runtime.bundle_files import read_manifest
-
-    manifest = read_manifest(bundle)
-    if hasattr(manifest, "to_dict"):  # the typed manifest (format 2); format 1 read as a plain dict
-        manifest = manifest.to_dict()
-    check = manifest.get("verification") or {}
+    manifest = result.manifest
+    check = result.verification
     trt = manifest.get("tensorrt") or {}
     click.echo(safe_text(
-        f"wrote {bundle} in {time.perf_counter() - started:.1f}s: layer {manifest['target_layer']['name']}, "
-        f"method {manifest['method']}, {manifest['model']['size_bytes'] / 1e6:.1f} MB; verified on batches "
+        f"wrote {result.path} in {time.perf_counter() - started:.1f}s: layer {result.layer}, "
+        f"method {result.method}, {manifest['model']['size_bytes'] / 1e6:.1f} MB; verified on batches "
         f"{check.get('batch_sizes')}: logits rel err {check.get('logits_max_rel_err', float('nan')):.1e}, "
         f"cam abs err {check.get('cam_max_abs_err', float('nan')):.1e}; TensorRT-compatible: "
         f"{'yes' if trt.get('compatible') else 'no'}"

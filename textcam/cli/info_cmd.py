@@ -86,8 +86,8 @@ def _selftest(info) -> str:
 
 def _engines(manifest: dict) -> str:
     """'none', or one 'precision smXX TensorRT v batch a-b-c (file)' per engine."""
+    from textcam.engines.entries import engine_entries
     from textcam.errors import TextcamError
-    from textcam.runtime.engines import engine_entries
 
     try:
         entries = engine_entries(manifest)

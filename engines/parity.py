@@ -15,11 +15,13 @@ reference magnitude (gradients are small numbers; an absolute limit would mean n
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from textcam.errors import TextcamError
+from textcam.runtime.comparison import Comparison, ComparisonReport
 
 Runner = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
 PARITY_SEED = 6_2026
@@ -33,61 +35,26 @@ TOLERANCES: dict[str, dict[str, float]] = {
 
 
 @dataclass(frozen=True)
-class ParityRow:
-    check: str
-    value: float
-    limit: float | None  # None: reported, not gated
-    kind: str = "error"  # "error": value <= limit passes; "agreement": value >= limit passes
+class ParityReport(ComparisonReport):
+    """The parity rows (:class:`~textcam.runtime.comparison.Comparison`) of one engine build."""
 
-    @property
-    def passed(self) -> bool:
-        if self.limit is None:
-            return True
-        if not np.isfinite(self.value):
-            return False
-        return self.value <= self.limit if self.kind == "error" else self.value >= self.limit
-
-    def shown(self, value: float | None) -> str:
-        if value is None:
-            return "-"
-        return f"{100 * value:.1f}%" if self.kind == "agreement" else f"{value:.1e}"
-
-
-@dataclass(frozen=True)
-class ParityReport:
     precision: str
     batch_sizes: tuple[int, ...]
     seed: int
-    rows: tuple[ParityRow, ...]
+    rows: tuple[Comparison, ...]
     reference: str = "ONNX Runtime (CPU), model.onnx"
 
-    @property
-    def passed(self) -> bool:
-        return all(row.passed for row in self.rows)
-
-    def failures(self) -> list[ParityRow]:
-        return [row for row in self.rows if not row.passed]
+    NAME_KEY: ClassVar[str] = "check"
 
     def table(self) -> str:
-        """The report as one aligned text table (what ``textcam build-engine`` prints)."""
+        """The report as one aligned text table under a title line (what ``textcam build-engine`` prints)."""
         title = (f"parity vs {self.reference}: {self.precision}, batches {', '.join(map(str, self.batch_sizes))}, "
                  f"seed {self.seed}")
-        width = max(len(row.check) for row in self.rows)
-        lines = [title, f"{'check':<{width}}  {'value':>9}  {'limit':>9}  result"]
-        for row in self.rows:
-            result = "info" if row.limit is None else ("ok" if row.passed else "FAIL")
-            lines.append(f"{row.check:<{width}}  {row.shown(row.value):>9}  {row.shown(row.limit):>9}  {result}")
-        return "\n".join(lines)
+        return f"{title}\n{super().table()}"
 
     def summary(self) -> str:
         """One line: passed, or the checks that failed with their values."""
-        failed = self.failures()
-        if not failed:
-            return f"parity {self.precision}: all {len(self.rows)} checks passed"
-        return "parity failed: " + "; ".join(
-            f"{row.check} {row.shown(row.value)} > {row.shown(row.limit)}" if row.kind == "error"
-            else f"{row.check} {row.shown(row.value)} < {row.shown(row.limit)}" for row in failed
-        )
+        return super().summary(f"parity {self.precision}" if self.passed else "parity")
 
     def to_dict(self) -> dict:
         return {
@@ -95,8 +62,7 @@ class ParityReport:
             "precision": self.precision,
             "batch_sizes": list(self.batch_sizes),
             "seed": self.seed,
-            "passed": self.passed,
-            "rows": [{**asdict(row), "passed": row.passed} for row in self.rows],
+            **super().to_dict(),
         }
 
 
@@ -113,7 +79,7 @@ def _relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
 
 def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], precision: str,
                     predicted_reference: np.ndarray | None = None,
-                    predicted_candidate: np.ndarray | None = None) -> tuple[ParityRow, ...]:
+                    predicted_candidate: np.ndarray | None = None) -> tuple[Comparison, ...]:
     """The parity rows for outputs computed for the same inputs and explicit classes."""
     if precision not in TOLERANCES:
         raise TextcamError(f"precision {precision!r}: no parity tolerances defined")
@@ -122,18 +88,17 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     if missing:
         raise TextcamError(f"engine outputs lack {', '.join(missing)}")
     rows = [
-        ParityRow("logits max rel err", _relative_error(reference["logits"], candidate["logits"]), limits["logits"]),
-        ParityRow("cam max abs err (given classes)", _abs_error(reference["cam"], candidate["cam"]), limits["cam"]),
+        Comparison("logits", "max rel", _relative_error(reference["logits"], candidate["logits"]), limits["logits"]),
+        Comparison("cam (given classes)", "max abs", _abs_error(reference["cam"], candidate["cam"]), limits["cam"]),
     ]
     for name in ("channel_weights", "channel_activation"):
         if name in reference and name in candidate:
-            rows.append(ParityRow(f"{name} max rel err", _relative_error(reference[name], candidate[name]),
-                                  limits[name]))
+            rows.append(Comparison(name, "max rel", _relative_error(reference[name], candidate[name]), limits[name]))
     same = float(np.mean(reference["class_index"] == candidate["class_index"]))
-    rows.append(ParityRow("class_index equal (given classes)", same, 1.0, "agreement"))
+    rows.append(Comparison("class_index (given classes)", "agreement", same, 1.0))
     if predicted_reference is not None and predicted_candidate is not None:
         agree = float(np.mean(predicted_reference == predicted_candidate))
-        rows.append(ParityRow("predicted class agreement (noise)", agree, None, "agreement"))
+        rows.append(Comparison("predicted class (noise)", "agreement", agree, None))
     return tuple(rows)
 
 

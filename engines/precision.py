@@ -8,7 +8,7 @@ smallest normal number (6.1e-5), so a half-precision backward pass flushes Grad-
 zero or noise. The rule applied here, on the ONNX graph alone (no torch, no ModelOpt):
 
 * **reduced** (fp16 or bf16): exactly the nodes needed to compute ``logits`` from ``image``, i.e.
-  the forward pass. That is where nearly all the FLOPs are;
+  the forward pass (:func:`textcam.engines.graph_surgery.forward_nodes`). That is where nearly all the FLOPs are;
 * **fp32**: every other node: the class choice (ArgMax/Where), the one-hot seed, the whole
   backward pass, the CAM weights, the map, its normalization and resize, the channel statistics
   and any fused concept ranking. They read fp32 copies (``Cast``) of the forward tensors they need
@@ -27,7 +27,6 @@ raises it from the export's opset 18).
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +34,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from textcam.engines.entries import check_precision, reduced_graph_name
+from textcam.engines.graph_surgery import FORWARD_OUTPUT, downstream_nodes, forward_nodes
 from textcam.errors import TextcamError, first_line
-from textcam.runtime.engines import check_precision
 
-FORWARD_OUTPUT = "logits"
 REDUCED_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 _TYPE_STRINGS = {TensorProto.FLOAT16: "tensor(float16)", TensorProto.BFLOAT16: "tensor(bfloat16)"}
 _SUFFIXES = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProto.BFLOAT16: "bf16"}
@@ -68,31 +67,6 @@ class PrecisionReport:
         return (f"{self.precision}: {self.reduced_nodes} forward nodes reduced, {self.fp32_nodes} kept in fp32, "
                 f"{self.casts_added} casts, {self.weights_converted} weights converted, "
                 f"{self.weights_duplicated} kept in both precisions")
-
-
-def forward_nodes(graph: onnx.GraphProto, output: str = FORWARD_OUTPUT) -> set[int]:
-    """Indices of the nodes ``output`` depends on (its ancestors), i.e. the forward pass for logits."""
-    producer = {name: index for index, node in enumerate(graph.node) for name in node.output if name}
-    if output not in producer:
-        raise TextcamError(f"graph has no node producing {output!r}; is this a textcam joint graph?")
-    needed, queue = set(), deque([producer[output]])
-    while queue:
-        index = queue.popleft()
-        if index in needed:
-            continue
-        needed.add(index)
-        queue.extend(producer[name] for name in graph.node[index].input if name in producer)
-    return needed
-
-
-def downstream_nodes(graph: onnx.GraphProto, source: str) -> set[int]:
-    """Indices of the nodes that depend on ``source`` (a graph input such as ``target_class``)."""
-    reached_tensors, reached = {source}, set()
-    for index, node in enumerate(graph.node):  # nodes are topologically sorted in a valid graph
-        if any(name in reached_tensors for name in node.input):
-            reached.add(index)
-            reached_tensors.update(node.output)
-    return reached
 
 
 class _Rewriter:
@@ -361,8 +335,6 @@ def write_reduced_graph(source: Path, out: Path, precision: str, source_sha256: 
 
 def reduced_graph(source: Path, source_sha256: str, folder: Path, precision: str) -> Path:
     """``folder/model.<precision>.onnx`` for ``source``, written (or rewritten when stale) if needed."""
-    from textcam.runtime.engines import reduced_graph_name
-
     path = Path(folder) / reduced_graph_name(precision)
     if path.is_file():
         try:

@@ -1,11 +1,11 @@
 """``textcam build-engine``: the bundle's joint graph as a TensorRT engine for this GPU.
 
 Steps: (1) for fp16/bf16, write the reduced-precision copy of the graph beside the engines
-(:mod:`textcam.export.precision`: forward pass reduced, backward pass and CAM in fp32); (2) parse
+(:mod:`textcam.engines.precision`: forward pass reduced, backward pass and CAM in fp32); (2) parse
 it into a strongly typed network and build with one optimization profile per concurrent
 execution context (``concurrency``), all with the same dynamic-batch range, an optional
 workspace limit and an optional timing cache file that later builds reuse; (3) run the engine
-and ONNX Runtime (CPU) on fresh random inputs and compare (:mod:`textcam.export.engine_parity`);
+and ONNX Runtime (CPU) on fresh random inputs and compare (:mod:`textcam.engines.parity`);
 (4) only if that passes, move the engine to ``engines/<precision>-sm<arch>-trt<version>.plan``
 and record it in the manifest, replacing an entry with the same (GPU arch, TensorRT version,
 precision).
@@ -29,15 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from textcam.errors import TextcamError, first_line
-from textcam.export.engine_parity import ParityReport, check_parity
-from textcam.export.precision import PrecisionReport, write_reduced_graph
-from textcam.runtime.backends.cuda_memory import DeviceMemory, open_device_memory
-from textcam.runtime.backends.tensorrt_runner import import_tensorrt
-from textcam.runtime.bundle import Bundle
-from textcam.runtime.bundle_files import write_file_atomic
-from textcam.runtime.bundle_update import update_bundle
-from textcam.runtime.engines import (
+from textcam.engines.entries import (
     DEFAULT_CONCURRENCY,
     ENGINES_DIR,
     BatchProfile,
@@ -47,6 +39,15 @@ from textcam.runtime.engines import (
     reduced_graph_name,
     replace_entry,
 )
+from textcam.engines.graph_surgery import extract_logits_graph
+from textcam.engines.parity import ParityReport, check_parity
+from textcam.engines.precision import PrecisionReport, write_reduced_graph
+from textcam.errors import TextcamError, first_line
+from textcam.runtime.backends.cuda_memory import DeviceMemory, open_device_memory
+from textcam.runtime.backends.tensorrt_runner import import_tensorrt
+from textcam.runtime.bundle import Bundle
+from textcam.runtime.bundle_files import write_file_atomic
+from textcam.runtime.bundle_update import update_bundle
 
 MAX_CONCURRENCY = 16
 
@@ -139,16 +140,6 @@ def serialize_engine(onnx_path: Path, settings: BuildSettings, memory: DeviceMem
     return bytes(serialized)
 
 
-class _GraphFile:
-    """The bundle as a runner sees it, with another graph file (the reduced copy) as model.onnx."""
-
-    def __init__(self, bundle: Bundle, model_path: Path):
-        self._bundle, self.model_path = bundle, model_path
-
-    def __getattr__(self, name):
-        return getattr(self._bundle, name)
-
-
 def record_engine(bundle_path: Path, entry: EngineEntry) -> None:
     """Add ``entry`` (its files already in the bundle) to the manifest, replacing one with the same key."""
     with update_bundle(bundle_path) as update:
@@ -239,8 +230,6 @@ def build_plain_engine(bundle: Bundle, precision: str, profile: BatchProfile, me
     The "plain inference" baseline of ``textcam bench --backend tensorrt`` and the GPU latency
     benchmark: the explanation's cost is reported as a ratio to this.
     """
-    from textcam.runtime.plain_graph import extract_logits_graph
-
     with tempfile.TemporaryDirectory() as folder:
         plain = extract_logits_graph(bundle.model_path, Path(folder) / "plain.onnx")
         if precision != "fp32":

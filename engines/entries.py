@@ -5,7 +5,7 @@ it, so a bundle can hold several (``engines/*.plan``), one per (compute capabili
 version, precision), each described by an entry in ``manifest["engines"]``. This module is
 torch-free and TensorRT-free: it reads and checks those entries, picks the one that matches the
 machine, and words the rebuild command when none does. ``textcam build-engine`` writes them
-(:mod:`textcam.export.engine_build`).
+(:mod:`textcam.engines.build`).
 """
 
 from __future__ import annotations
