@@ -26,9 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from latency import build_model, export_plain, log, machine_info, parse_configs
+from latency import build_model, export_plain, log, machine_info, parse_configs  # this script's folder
 
 DEFAULT_CONFIGS = ("resnet50:layer4", "vit_b_16:encoder.layers.encoder_layer_11.ln_1")
 QUICK_CONFIGS = ("resnet18:layer4",)

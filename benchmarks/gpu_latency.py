@@ -72,10 +72,8 @@ def gpu_missing() -> str | None:
 
 def prepare(config: str, precision: str, args, work: Path) -> dict:
     """Export (or reuse) the bundle, build the engine (timing cache kept in --work), set up every contender."""
+    from latency import DEFAULT_LAYERS, build_model, peer_reshape  # this script's folder is on sys.path
     from pytorch_grad_cam import GradCAM
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from latency import DEFAULT_LAYERS, build_model, layer_output_shape, token_reshape
 
     from textcam.engines.build import build_engine
     from textcam.export import export_bundle
@@ -97,7 +95,7 @@ def prepare(config: str, precision: str, args, work: Path) -> dict:
     explainer = Explainer(bundle, backend="tensorrt", batch_size=max(args.batches),
                           backend_options={"precision": precision, "contexts": 1})
     plain_run, release = plain_inference(explainer)
-    reshape = token_reshape(model, layer_output_shape(model, layer, input_hw), input_hw)
+    _, reshape = peer_reshape(model, layer, input_hw)
     cuda_model = model.cuda().eval()
     module = dict(cuda_model.named_modules())[layer]
     cam = GradCAM(model=cuda_model, target_layers=[module], reshape_transform=reshape)

@@ -75,57 +75,38 @@ def build_model(name: str, num_classes: int, input_hw: tuple[int, int]):
     weights every gradient, hence every Grad-CAM map, would be zero.
     """
     import torch
-    import torchvision
     from torch import nn
+    from torchvision.models import VisionTransformer
+
+    from textcam.export.model_source import torchvision_model
 
     torch.manual_seed(0)
     if name == "vit_tiny":
-        model = torchvision.models.VisionTransformer(
+        model = VisionTransformer(
             image_size=input_hw[0], patch_size=16, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128,
             num_classes=num_classes,
         )
     elif name.startswith("vit_"):
         if input_hw[0] != input_hw[1]:
             raise SystemExit(f"{name}: torchvision's ViT needs a square input, got {input_hw}")
-        model = torchvision.models.get_model(name, num_classes=num_classes, image_size=input_hw[0])
+        model = torchvision_model(name, num_classes, image_size=input_hw[0])
     else:
-        model = torchvision.models.get_model(name, num_classes=num_classes)
+        model = torchvision_model(name, num_classes)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if linears and not linears[-1].weight.detach().any():
         nn.init.normal_(linears[-1].weight, std=0.02)
     return model.eval()
 
 
-def token_reshape(model, layer_output_shape, input_hw) -> Callable | None:
-    """The peers' ``reshape_transform`` for a [B, N, C] token output: drop the prefix (class)
-    tokens, reshape the patch tokens to the grid, channels first. ``None`` for NCHW outputs."""
-    if len(layer_output_shape) != 3:
-        return None
-    patch = getattr(model, "patch_size", 16)
-    gh, gw = input_hw[0] // patch, input_hw[1] // patch
-    prefix = layer_output_shape[1] - gh * gw
-    if prefix < 0:
-        raise SystemExit(f"token output {tuple(layer_output_shape)} does not fit a {gh}x{gw} grid")
+def peer_reshape(model, layer: str, input_hw) -> tuple[tuple[int, ...], Callable | None]:
+    """The layer's output shape (without the batch) and the peers' ``reshape_transform``, both from
+    textcam's own layer probe: the layout's ``to_grid`` for token / channels-last outputs (drop the
+    prefix tokens, reshape to the grid, channels first), ``None`` for NCHW outputs."""
+    from textcam.export.target_layer import probe_layer
 
-    def reshape(tensor):
-        tokens = tensor[:, prefix:, :]
-        return tokens.reshape(tokens.size(0), gh, gw, tokens.size(2)).permute(0, 3, 1, 2)
-
-    return reshape
-
-
-def layer_output_shape(model, layer: str, input_hw) -> tuple[int, ...]:
-    import torch
-
-    module = dict(model.named_modules())[layer]
-    shapes = []
-    handle = module.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, *input_hw))
-    finally:
-        handle.remove()
-    return shapes[0]
+    probed = probe_layer(model, layer, input_hw)
+    reshape = None if probed.layout.kind == "nchw" else probed.layout.to_grid
+    return tuple(probed.output.shape[1:]), reshape
 
 
 def export_plain(model, input_hw, path: Path) -> Path:
@@ -145,12 +126,12 @@ def export_plain(model, input_hw, path: Path) -> Path:
 
 
 def ort_session(path: Path, threads: int):
+    """A CPU session with textcam's session options (quiet, ``threads`` intra-op threads, no spinning)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    from textcam.runtime.backends.onnxruntime_runner import session_options
+
+    options = session_options(threads, allow_spinning=False)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -211,11 +192,10 @@ def prepare(config: Config, args, work: Path) -> dict:
         export_plain(model, input_hw, plain_path)
         plain_export_s = time.perf_counter() - start
 
-    shape = layer_output_shape(model, config.layer, input_hw)
-    reshape = token_reshape(model, shape, input_hw)
+    shape, reshape = peer_reshape(model, config.layer, input_hw)
     state = {
         "input_hw": input_hw,
-        "layer_output_shape": list(shape[1:]),
+        "layer_output_shape": list(shape),
         "reshape": reshape is not None,
         "bundle": bundle_dir,
         "bundle_onnx_bytes": (bundle_dir / "model.onnx").stat().st_size,

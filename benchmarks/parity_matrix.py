@@ -3,8 +3,9 @@
 For each cell the model (random-init torchvision / timm weights, head re-drawn non-zero) is
 exported once at 224x224 and run in ONNX Runtime on fresh random batches of 1 and 3, against
 eager PyTorch autograd (logits, channel weights, channel means) and pytorch-grad-cam's heatmap
-(plain CAM: the linear head's class row + pytorch-grad-cam's scale_cam_image). The comparison
-code is tests/parity_support.py, shared with ``pytest -m full_matrix tests/test_parity.py``.
+(plain CAM: the linear head's class row + pytorch-grad-cam's scale_cam_image). The matrix and its
+comparisons are textcam.export.parity_matrix (references: textcam.export.reference), shared with
+``pytest -m full_matrix tests/test_parity.py``.
 
 Each (family, layer) runs in its own child process, one after the other, so a model's memory is
 returned before the next starts. Results are rewritten after every case::
@@ -29,39 +30,38 @@ import tempfile
 import time
 from pathlib import Path
 
+from textcam.export import parity_matrix as pm
+from textcam.export import reference as ref
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-import parity_support as ps  # noqa: E402
-
-METHOD_COLUMNS = ps.METHODS
+METHOD_COLUMNS = ref.METHODS
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def all_cases(fast: bool) -> list[ps.Case]:
+def all_cases(fast: bool) -> list[ref.Case]:
     if fast:
-        return [*ps.FAST_CASES, ps.FAST_SWIN]
-    return list(ps.FULL_CASES)
+        return [*pm.FAST_CASES, pm.FAST_SWIN]
+    return list(pm.FULL_CASES)
 
 
-def case_methods(case: ps.Case) -> tuple[str, ...]:
-    return ps.FAST_SWIN_METHODS if case is ps.FAST_SWIN else case.methods()
+def case_methods(case: ref.Case) -> tuple[str, ...]:
+    return pm.FAST_SWIN_METHODS if case is pm.FAST_SWIN else case.methods()
 
 
-def run_case(case: ps.Case, workdir: Path) -> list[dict]:
+def run_case(case: ref.Case, workdir: Path) -> list[dict]:
     """All methods of one case, in this process. Errors are recorded per cell, not raised."""
-    if case.family.startswith("timm:") and not ps.timm_available():
+    if case.family.startswith("timm:") and not pm.timm_available():
         return [{"case": case.id, "family": case.family, "layer": case.layer, "method": m,
                  "status": "skipped", "reason": "timm not installed"} for m in case_methods(case)]
-    model = ps.build_model(case)
+    model = ref.build_model(case)
     rows = []
     for method in case_methods(case):
         start = time.perf_counter()
         try:
-            row = ps.evaluate(case, model, method, workdir, lenient=True)
+            row = pm.evaluate(case, model, method, workdir, lenient=True)
         except Exception as exc:  # one broken cell must not hide the rest of the matrix
             row = {"case": case.id, "family": case.family, "layer": case.layer, "method": method,
                    "status": "error", "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
@@ -94,7 +94,7 @@ def cell_text(row: dict) -> str:
     if status in ("pass", "fail"):
         text = f"{row['heatmap_max_abs']:.1e} / {row['logits_rel']:.1e}"
         text = text if status == "pass" else f"**{text}** ✗"
-        if (row["case"], row["method"]) in ps.TOLERANCE_OVERRIDES:
+        if (row["case"], row["method"]) in pm.TOLERANCE_OVERRIDES:
             text += " (tol ‡)"
         if "verification_refused" in row:
             text += " (export refused by textcam's verification †)"
@@ -141,8 +141,8 @@ def render_markdown(report: dict) -> str:
         "Cells: **max abs heatmap difference** vs pytorch-grad-cam (plain CAM: a reference built from the "
         "linear head's class row and pytorch-grad-cam's `scale_cam_image`) / **logits relative error** "
         "(max abs diff / max abs eager logit), worst of both batch sizes. "
-        f"Targets: heatmap ≤ {ps.HEATMAP_MAX_ABS:.0e}, logits ≤ {ps.LOGITS_MAX_REL:.0e}; channel weights "
-        f"(vs an independent float64 recomputation) and channel means ≤ {ps.WEIGHTS_MAX_REL:.0e} relative. "
+        f"Targets: heatmap ≤ {pm.HEATMAP_MAX_ABS:.0e}, logits ≤ {pm.LOGITS_MAX_REL:.0e}; channel weights "
+        f"(vs an independent float64 recomputation) and channel means ≤ {pm.WEIGHTS_MAX_REL:.0e} relative. "
         "✗ marks a miss.",
         "",
         "| family / layer | " + " | ".join(METHOD_COLUMNS) + " |",
@@ -191,7 +191,7 @@ def render_markdown(report: dict) -> str:
         for row in refused:
             lines.append(f"- {row['case']} {row['method']}: {row['verification_refused']} "
                          f"(`{row['verification'].get('error', '')[:160]}`)")
-    overrides = {k: v for k, v in ps.TOLERANCE_OVERRIDES.items() if any(r["case"] == k[0] for r in rows)}
+    overrides = {k: v for k, v in pm.TOLERANCE_OVERRIDES.items() if any(r["case"] == k[0] for r in rows)}
     if overrides:
         lines += ["", "## ‡ Per-case tolerances", ""]
         for (case_id, method), limits in overrides.items():
@@ -211,11 +211,11 @@ def render_markdown(report: dict) -> str:
 def write_report(rows: list[dict], out: Path, fast: bool, notes: list[str]) -> None:
     report = {
         "environment": environment(),
-        "input": "small inputs (see tests/parity_support.py FAST_CASES)" if fast else "224x224",
-        "targets": {"heatmap_max_abs": ps.HEATMAP_MAX_ABS, "logits_rel": ps.LOGITS_MAX_REL,
-                    "weights_rel": ps.WEIGHTS_MAX_REL, "activation_rel": ps.ACTIVATION_MAX_REL},
-        "tolerance_overrides": {f"{k[0]} {k[1]}": v for k, v in ps.TOLERANCE_OVERRIDES.items()},
-        "verification_refusals": {f"{k[0]} {k[1]}": v for k, v in ps.VERIFICATION_REFUSALS.items()},
+        "input": "small inputs (see textcam.export.parity_matrix FAST_CASES)" if fast else "224x224",
+        "targets": {"heatmap_max_abs": pm.HEATMAP_MAX_ABS, "logits_rel": pm.LOGITS_MAX_REL,
+                    "weights_rel": pm.WEIGHTS_MAX_REL, "activation_rel": pm.ACTIVATION_MAX_REL},
+        "tolerance_overrides": {f"{k[0]} {k[1]}": v for k, v in pm.TOLERANCE_OVERRIDES.items()},
+        "verification_refusals": {f"{k[0]} {k[1]}": v for k, v in pm.VERIFICATION_REFUSALS.items()},
         "notes": notes,
         "rows": rows,
     }

@@ -29,9 +29,9 @@ HERE = Path(__file__).resolve().parent
 def build_once(size: int, work: Path, m: int) -> dict:
     """Runs in a child process: generate the probe set, export, build, report."""
     import torch
-    import torchvision
 
     from textcam.export import export_bundle
+    from textcam.export.model_source import torchvision_model
     from textcam.semantics_store import build_semantics, load_clip
     from textcam.shapes_world import ShapesWorld
 
@@ -40,7 +40,7 @@ def build_once(size: int, work: Path, m: int) -> dict:
     ShapesWorld(100, seed=size).write_pngs(probe, size)
     generate_s = time.perf_counter() - start
     torch.manual_seed(0)
-    bundle = export_bundle(torchvision.models.resnet18(num_classes=5), "layer4", work / f"b{size}.textcam",
+    bundle = export_bundle(torchvision_model("resnet18", num_classes=5), "layer4", work / f"b{size}.textcam",
                            input_size=(64, 64)).path
     report = build_semantics(bundle, probe, load_clip("textcam-tiny-clip"), vocab=["builtin:attributes"], m=m,
                              cache=work / "cache", show_progress=False, log=lambda _m: None)

@@ -43,8 +43,8 @@ from textcam.engines.graph_surgery import extract_logits_graph
 from textcam.engines.parity import ParityReport, check_parity
 from textcam.engines.precision import PrecisionReport, write_reduced_graph
 from textcam.errors import TextcamError, first_line
+from textcam.runtime.backends import tensorrt_runner
 from textcam.runtime.backends.cuda_memory import DeviceMemory, open_device_memory
-from textcam.runtime.backends.tensorrt_runner import import_tensorrt
 from textcam.runtime.bundle import Bundle
 from textcam.runtime.bundle_files import write_file_atomic
 from textcam.runtime.bundle_update import update_bundle
@@ -97,7 +97,7 @@ def profile_shapes(shape: tuple[int, ...], profile: BatchProfile, name: str) -> 
 def serialize_engine(onnx_path: Path, settings: BuildSettings, memory: DeviceMemory,
                      log: Callable[[str], None] = lambda _m: None) -> bytes:
     """Parse ``onnx_path`` into a strongly typed network and build it; the serialized plan."""
-    trt = import_tensorrt()
+    trt = tensorrt_runner.import_tensorrt()  # looked up per call: tests replace it with a fake
     logger = trt.Logger(trt.Logger.WARNING)
     with memory.activate():
         builder = trt.Builder(logger)
@@ -167,7 +167,7 @@ def build_engine(
     opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     settings = BuildSettings(check_precision(precision), BatchProfile.resolve(min_batch, opt_batch, max_batch),
                              concurrency, workspace_gb, Path(timing_cache) if timing_cache else None)
-    trt = import_tensorrt()
+    trt = tensorrt_runner.import_tensorrt()  # looked up per call: tests replace it with a fake
     memory = open_device_memory(allocator, device)
     gpu = memory.info()
     started = time.perf_counter()

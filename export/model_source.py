@@ -54,16 +54,32 @@ def load_model(spec: str, num_classes: int | None = None, weights: str | Path | 
     return LoadedModel(module.eval(), spec, str(weights) if weights else None, digest, class_names)
 
 
+def torchvision_model(arch: str, num_classes: int | None = None, **kwargs) -> nn.Module:
+    """The torchvision architecture ``arch`` with fresh random weights (seed torch first for a fixed
+    draw); ``kwargs`` go to its builder, e.g. ``image_size`` for a ViT. Not yet in eval mode."""
+    import torchvision
+
+    _check_torchvision_arch(arch)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return _build(f"torchvision:{arch}", torchvision.models.get_model, arch, weights=None, **kwargs)
+
+
+def _check_torchvision_arch(arch: str) -> None:
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if arch not in available:
+        raise TextcamError(f"--model torchvision:{arch}: unknown torchvision model{did_you_mean(arch, available)}")
+
+
 def _torchvision(name: str, num_classes: int | None):
     import torchvision
 
     arch, _, pretrained = name.partition(":")
-    available = torchvision.models.list_models(module=torchvision.models)
-    if arch not in available:
-        raise TextcamError(f"--model torchvision:{arch}: unknown torchvision model{did_you_mean(arch, available)}")
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if not pretrained:
-        return _build(f"torchvision:{name}", torchvision.models.get_model, arch, weights=None, **kwargs), None
+        return torchvision_model(arch, num_classes), None
+    _check_torchvision_arch(arch)
     # torchvision:resnet50:IMAGENET1K_V2 -> the published weights (downloads once, then cached)
     published = torchvision.models.get_model_weights(arch)
     try:

@@ -132,6 +132,23 @@ def choose_layer(
     return candidates[-1]
 
 
+def probe_layer(model: nn.Module, name: str, input_hw: tuple[int, int]) -> ProbedLayer:
+    """The named layer, checked as export checks it, with its output on a random example batch
+    and its layout (``layer.layout.to_grid`` is the ``reshape_transform`` the eager CAM libraries
+    need). The model's parameters get no gradients."""
+    example = torch.randn(2, 3, *input_hw, generator=torch.Generator().manual_seed(0))
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        find_module(model, name)
+        _, records = probe(model, example)
+        return choose_layer(model, records, name, input_hw)
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
 def _suggest(records: list[ProbedLayer]) -> str:
     spatial = [r.name for r in records if r.layout is not None and r.layout.grid != (1, 1) and r.spatial_gradient]
     return spatial[-1] if spatial else "a convolutional layer"

@@ -1,6 +1,6 @@
 """Shared by the concept tests: random unit vectors, semantics stores, and adding a store (and its fused
-ranking graph) to a bundle. Import with ``sys.path.insert(0, str(Path(__file__).parent))`` (the
-suite runs with --import-mode=importlib)."""
+ranking graph) to a bundle (``make_bundle(..., semantics=store)`` in conftest.py does that for a cached
+bundle). conftest.py puts this folder on ``sys.path``, so tests import it as ``semantics_helpers``."""
 
 from __future__ import annotations
 

@@ -16,10 +16,8 @@ from textcam.shapes_world.artifacts import DEFAULT_BUNDLE as DEFAULT
 
 
 @pytest.fixture
-def bundle(tmp_path) -> Path:
-    target = tmp_path / "color.textcam"
-    shutil.copytree(DEFAULT, target)
-    return target
+def bundle(default_bundle_copy) -> Path:
+    return default_bundle_copy
 
 
 def edit(bundle: Path, change) -> None:

@@ -28,10 +28,8 @@ POINTS = ["staged semantics", "staged model.semantics", "staged selftest", "befo
 
 
 @pytest.fixture
-def bundle(tmp_path) -> Path:
-    target = tmp_path / "color.textcam"
-    shutil.copytree(DEFAULT_BUNDLE, target)
-    return target
+def bundle(default_bundle_copy) -> Path:
+    return default_bundle_copy
 
 
 def new_store(bundle: Path):
@@ -137,9 +135,8 @@ def test_updates_refuse_what_is_not_a_bundle(tmp_path, kind):
 
 # --- a new bundle (export) ------------------------------------------------------------------------------------------
 
-def test_a_replaced_bundle_is_never_absent_and_killed_stages_are_removed(tmp_path):
-    out = tmp_path / "b.textcam"
-    shutil.copytree(DEFAULT_BUNDLE, out)
+def test_a_replaced_bundle_is_never_absent_and_killed_stages_are_removed(make_bundle, tmp_path):
+    out = make_bundle("default", copy=tmp_path / "b.textcam")
     killed = tmp_path / ".b.textcam.999999999.abcd.partial"  # a stage from a process that no longer exists
     killed.mkdir()
     seen = []
@@ -158,9 +155,8 @@ def test_a_replaced_bundle_is_never_absent_and_killed_stages_are_removed(tmp_pat
         pass
 
 
-def test_a_failed_export_leaves_the_old_bundle(tmp_path):
-    out = tmp_path / "b.textcam"
-    shutil.copytree(DEFAULT_BUNDLE, out)
+def test_a_failed_export_leaves_the_old_bundle(make_bundle, tmp_path):
+    out = make_bundle("default", copy=tmp_path / "b.textcam")
     before = state(out)
     with pytest.raises(Injected), staged_bundle_dir(out) as stage:
         (stage / "model.onnx").write_bytes(b"half")

@@ -54,15 +54,14 @@ def strict_json(line: str):
     return json.loads(line, parse_constant=refuse)
 
 
-def hostile_bundle(folder: Path, text: str) -> Path:
-    """A copy of the default bundle whose class names and phrases all carry ``text``."""
+def hostile_bundle(bundle: Path, text: str) -> Path:
+    """``bundle`` (a copy of the default bundle) changed so that its class names and phrases all carry
+    ``text``."""
     from textcam.runtime.bundle import Bundle
     from textcam.runtime.bundle_update import update_bundle
     from textcam.runtime.semantics_file import read_store
     from textcam.semantics_store.builder import write_semantics
 
-    bundle = folder / "hostile.textcam"
-    shutil.copytree(DEFAULT, bundle)
     with update_bundle(bundle) as update:
         classes = tuple(f"{text}{i}" for i in range(len(update.manifest.classes)))
         update.manifest = update.manifest.replace(classes=classes)
@@ -81,9 +80,10 @@ def image(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module", params=list(HOSTILE), ids=list(HOSTILE))
-def hostile(request, tmp_path_factory):
+def hostile(request, make_bundle, tmp_path_factory):
     text = HOSTILE[request.param]
-    return text, hostile_bundle(tmp_path_factory.mktemp(request.param), text)
+    copy = make_bundle("default", copy=tmp_path_factory.mktemp(request.param) / "hostile.textcam")
+    return text, hostile_bundle(copy, text)
 
 
 # --- the escaping function ---------------------------------------------------------------------------
@@ -216,9 +216,8 @@ def test_json_text_passes_finite_records():
 
 
 @pytest.mark.parametrize("field", ["logits_max_rel_err", "cam_max_abs_err"])
-def test_info_json_with_nan_in_the_manifest_stays_valid_json(field, tmp_path):
-    bundle = tmp_path / "nan.textcam"
-    shutil.copytree(DEFAULT, bundle)
+def test_info_json_with_nan_in_the_manifest_stays_valid_json(field, make_bundle, tmp_path):
+    bundle = make_bundle("default", copy=tmp_path / "nan.textcam")
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest.setdefault("verification", {})[field] = float("nan")
     (bundle / "manifest.json").write_text(json.dumps(manifest))  # Python writes NaN, invalid JSON
@@ -430,23 +429,21 @@ def test_bench_prints_the_load_warning_on_stderr(monkeypatch):
 # --- export: --force and the model module ----------------------------------------------------------------
 
 
-def test_export_refuses_an_existing_bundle_without_force(tmp_path):
+def test_export_refuses_an_existing_bundle_without_force(make_bundle, tmp_path):
     pytest.importorskip("torch")
-    out = tmp_path / "b.textcam"
-    shutil.copytree(DEFAULT, out)
+    out = make_bundle("default", copy=tmp_path / "b.textcam")
     result = invoke("export", "--model", "no_such_module_anywhere:build", "-o", out)
     assert result.exit_code == 1 and "--force" in result.output and len(result.output.splitlines()) == 1
     forced = invoke("export", "--model", "no_such_module_anywhere:build", "-o", out, "--force")
     assert forced.exit_code == 1 and "cannot import" in forced.stderr  # got past the check, to the model
 
 
-def test_export_bundle_refuses_an_existing_bundle_without_force(tmp_path):
+def test_export_bundle_refuses_an_existing_bundle_without_force(make_bundle, tmp_path):
     torch = pytest.importorskip("torch")
     from textcam.errors import TextcamError
     from textcam.export import export_bundle
 
-    out = tmp_path / "b.textcam"
-    shutil.copytree(DEFAULT, out)
+    out = make_bundle("default", copy=tmp_path / "b.textcam")
     with pytest.raises(TextcamError, match="force=True"):
         export_bundle(torch.nn.Conv2d(3, 3, 1), None, out)
 

@@ -4,15 +4,14 @@ and their use by Explainer and `textcam explain`."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
+from semantics_helpers import add_semantics, make_store, model_sha256, random_batch, random_unit, unit
 
 from textcam.errors import TextcamError
 from textcam.runtime import Bundle, Explainer, concepts
@@ -28,17 +27,6 @@ from textcam.runtime.concepts import (
 )
 from textcam.runtime.fused_ranking import fuse_ranking
 from textcam.runtime.heatmap import finish_map
-
-sys.path.insert(0, str(Path(__file__).parent))
-from semantics_helpers import (
-    CLASSES,
-    add_semantics,
-    make_store,
-    model_sha256,
-    random_batch,
-    random_unit,
-    unit,
-)
 
 # ---------------------------------------------------------------------------------------------
 # numpy core
@@ -214,24 +202,15 @@ def test_channel_groups_sum_to_the_full_map():
 
 
 @pytest.fixture(scope="module")
-def act_bundle(tmp_path_factory):
+def act_bundle(make_bundle):
     """resnet18 (random weights, 5 classes) at layer4, 64x64, with the activations output."""
-    torch = pytest.importorskip("torch")
-    torchvision = pytest.importorskip("torchvision")
-    from textcam.export import export_bundle
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("concepts") / "r18act.textcam"
-    return export_bundle(torchvision.models.resnet18(num_classes=5), "layer4", out, input_size=(64, 64),
-                         class_names=CLASSES, with_activations=True).path
+    return make_bundle(with_activations=True)
 
 
 @pytest.fixture(scope="module")
-def semantic_bundle(act_bundle, tmp_path_factory):
-    bundle = tmp_path_factory.mktemp("semantic") / "b.textcam"
-    shutil.copytree(act_bundle, bundle)
-    sha = model_sha256(bundle)
-    return add_semantics(bundle, make_store(model_sha256=sha))
+def semantic_bundle(make_bundle):
+    """``act_bundle`` with a random store (fused ranking graph over 24 candidates)."""
+    return make_bundle(with_activations=True, semantics=make_store())
 
 
 def test_numpy_map_pipeline_reproduces_the_graph_cam(act_bundle):
@@ -324,25 +303,23 @@ def test_explainer_groups(semantic_bundle, tmp_path):
     assert batch_result.groups and batch_result.groups[0].heatmap.shape == (64, 64)
 
 
-def test_groups_need_activations_and_a_channel_weight_method(small_bundle, semantic_bundle, tmp_path):
-    plain = tmp_path / "plain.textcam"
-    shutil.copytree(small_bundle, plain)  # exported without activations
-    add_semantics(plain, make_store(model_sha256=model_sha256(plain)), fused_candidates=None)
+def test_groups_need_activations_and_a_channel_weight_method(make_bundle, small_bundle, semantic_bundle,
+                                                              tmp_path):
+    plain = make_bundle(semantics=make_store(), fused_candidates=None)  # exported without activations
     explainer = Explainer(plain)
     assert len(explainer.explain_batch(random_batch(1, 1))[0].concepts) == 4
     with pytest.raises(TextcamError, match="--with-activations"):
         explainer.explain_batch(random_batch(1, 1), groups=True)
     with pytest.raises(TextcamError, match="channel semantics"):
         Explainer(small_bundle).explain_batch(random_batch(1, 1), groups=True)
-    hires = tmp_path / "hires.textcam"
-    shutil.copytree(semantic_bundle, hires)
+    hires = make_bundle(semantic_bundle, copy=tmp_path / "hires.textcam")
     with update_bundle(hires) as update:
         update.manifest = update.manifest.replace(method="hirescam")
     with pytest.raises(TextcamError, match="channel-weight CAM method"):
         Explainer(hires).explain_batch(random_batch(1, 1), groups=True)
 
 
-def test_store_problems_are_reported(act_bundle, tmp_path):
+def test_store_problems_are_reported(make_bundle, act_bundle, tmp_path):
     sha = model_sha256(act_bundle)
     cases = {
         "other model": (make_store(model_sha256="0" * 64), "computed for another model"),
@@ -350,13 +327,11 @@ def test_store_problems_are_reported(act_bundle, tmp_path):
         "channels": (make_store(channels=256, model_sha256=sha), r"256 channels, (this model's )?the layer (has )?512"),
     }
     for name, (store, message) in cases.items():
-        bundle = tmp_path / f"{name}.textcam"
-        shutil.copytree(act_bundle, bundle)
+        bundle = make_bundle(act_bundle, copy=tmp_path / f"{name}.textcam")
         with pytest.raises(TextcamError, match=message):
             add_semantics(bundle, store, fused_candidates=None)
             Explainer(bundle)
-    bundle = tmp_path / "changed.textcam"
-    shutil.copytree(act_bundle, bundle)
+    bundle = make_bundle(act_bundle, copy=tmp_path / "changed.textcam")
     add_semantics(bundle, make_store(model_sha256=sha))
     written = Bundle.open(bundle).info
     with open(bundle / written.fused_graph.graph.file, "r+b") as handle:  # same size, other content

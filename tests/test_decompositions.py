@@ -231,14 +231,10 @@ class PoolNet(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def pool_bundle(tmp_path_factory):
-    from textcam.export import export_bundle
-
+def pool_bundle(make_bundle):
     torch.manual_seed(0)
     model = PoolNet().eval()
-    out = tmp_path_factory.mktemp("pool") / "poolnet.textcam"
-    export_bundle(model, "stem", out, method="hirescam", input_size=(23, 21))
-    return model, out
+    return model, make_bundle(model, "stem", classes=None, method="hirescam", input_size=(23, 21))
 
 
 def test_exported_max_pool_has_no_indices_output(pool_bundle):

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -61,9 +60,8 @@ def explainer():
 
 
 @pytest.fixture(scope="module")
-def crop_explainer(tmp_path_factory):
-    copy = tmp_path_factory.mktemp("crop") / "crop.textcam"
-    shutil.copytree(DEFAULT_BUNDLE, copy)
+def crop_explainer(make_bundle, tmp_path_factory):
+    copy = make_bundle("default", copy=tmp_path_factory.mktemp("crop") / "crop.textcam")
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["input"]["resize"] = "center_crop"
     (copy / "manifest.json").write_text(json.dumps(manifest))
@@ -623,6 +621,36 @@ def test_every_mode_converts_like_the_statement(mode):
         rgba = np.asarray(image).astype(np.int64)
         expected = np.floor(rgba[..., :3] * rgba[..., 3:] / 255 + 0.5)  # composite on black, as stated
         np.testing.assert_array_equal(np.asarray(converted), expected)
+
+
+# --- files that cannot be decoded ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "empty file"), (b"not an image at all", "not an image")],
+)
+def test_bad_files_give_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(TextcamError, match=message) as info:
+        load_image(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_truncated_jpeg(tmp_path):
+    path = tmp_path / "cut.jpg"
+    Image.fromarray(random_image(6, 300, 300)).save(path, quality=95)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(TextcamError, match=r"cut\.jpg: cannot decode"):
+        load_image(path)
+
+
+def test_huge_image_refused_without_decoding(tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("L", (20000, 20000)).save(path, optimize=False)  # compresses to a small file
+    with pytest.raises(TextcamError, match=r"huge.png: .*limit"):
+        load_image(path)
 
 
 # --- memory -------------------------------------------------------------------------------------

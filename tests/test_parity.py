@@ -1,4 +1,5 @@
-"""Exported bundles vs eager PyTorch autograd and vs pytorch-grad-cam (see parity_support.py).
+"""Exported bundles vs eager PyTorch autograd and vs pytorch-grad-cam (see textcam.export.parity_matrix
+and textcam.export.reference).
 
 Default run: resnet18 (layer4, layer3) with all six methods, a tiny torchvision ViT (token
 reshape) and a tiny Swin (channels-last), small inputs. The complete family x method matrix at
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,8 +23,8 @@ pytest.importorskip("torchvision")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("pytorch_grad_cam")
 
-sys.path.insert(0, str(Path(__file__).parent))
-import parity_support as ps
+from textcam.export import parity_matrix as pm
+from textcam.export import reference as ref
 
 BATCHES = (1, 3)
 
@@ -43,8 +43,8 @@ def _cells(cases, full: bool, methods=None):
     return params
 
 
-FAST_CELLS = _cells(ps.FAST_CASES, False) + _cells([ps.FAST_SWIN], False, ps.FAST_SWIN_METHODS)
-FULL_CELLS = _cells(ps.FULL_CASES, True)
+FAST_CELLS = _cells(pm.FAST_CASES, False) + _cells([pm.FAST_SWIN], False, pm.FAST_SWIN_METHODS)
+FULL_CELLS = _cells(pm.FULL_CASES, True)
 
 
 class _Exports:
@@ -59,16 +59,16 @@ class _Exports:
         self.family = self.model = None
         self.key = self.session = self.path = None
 
-    def model_for(self, case: ps.Case):
+    def model_for(self, case: ref.Case):
         if case.family.startswith("timm:"):
             pytest.importorskip("timm")
         if self.family != case.family:
             self.family, self.model = None, None
             gc.collect()
-            self.model, self.family = ps.build_model(case), case.family
+            self.model, self.family = ref.build_model(case), case.family
         return self.model
 
-    def session_for(self, case: ps.Case, method: str):
+    def session_for(self, case: ref.Case, method: str):
         model = self.model_for(case)
         if self.key != (case.id, method):
             self.session = None
@@ -77,8 +77,8 @@ class _Exports:
             self.key = self.path = None
             gc.collect()
             path = self.workdir / f"{case.family.replace(':', '_')}-{case.layer}-{method}.textcam"
-            ps.export_case(case, model, method, path)
-            self.session, self.path, self.key = ps.open_session(path), path, (case.id, method)
+            pm.export_case(case, model, method, path)
+            self.session, self.path, self.key = pm.open_session(path), path, (case.id, method)
         return model, self.session
 
 
@@ -87,10 +87,10 @@ def exports(tmp_path_factory):
     return _Exports(tmp_path_factory.mktemp("parity"))
 
 
-def _check(exports: _Exports, case: ps.Case, method: str, batch: int) -> None:
+def _check(exports: _Exports, case: ref.Case, method: str, batch: int) -> None:
     model, session = exports.session_for(case, method)
-    result = ps.compare(case, model, session, method, batch)
-    problems = ps.failures(case, method, result)
+    result = pm.compare(case, model, session, method, batch)
+    problems = pm.failures(case, method, result)
     keys = ("heatmap_max_abs", "logits_rel", "weights_rel", "activation_rel", "targets")
     summary = {k: result[k] for k in keys}
     assert not problems, f"{case.id} {method} batch {batch}: {'; '.join(problems)} ({summary})"
@@ -111,18 +111,18 @@ def _refusals(cases, full: bool):
     return [pytest.param(c, marks=marks, id=c.id) for c in cases if not c.cam_ok]
 
 
-@pytest.mark.parametrize("case", _refusals(ps.FAST_CASES, False) + _refusals(ps.FULL_CASES, True))
+@pytest.mark.parametrize("case", _refusals(pm.FAST_CASES, False) + _refusals(pm.FULL_CASES, True))
 def test_plain_cam_refused_without_gap_linear_head(exports, case, tmp_path):
     """Plain CAM needs global-average-pool + one linear layer right after the layer: refused elsewhere."""
-    message = ps.expect_cam_refusal(case, exports.model_for(case), tmp_path / "cam.textcam")
+    message = pm.expect_cam_refusal(case, exports.model_for(case), tmp_path / "cam.textcam")
     assert case.layer in message
     assert not (tmp_path / "cam.textcam").exists()
 
 
 def test_fast_grids_are_spatial():
     """The small inputs still give the explained layers a real grid (not 1x1)."""
-    for case in (*ps.FAST_CASES, ps.FAST_SWIN):
-        model = ps.build_model(case)
-        image, order = ps.make_inputs(case, ps.num_classes(model), 1)
-        grid = ps.eager_reference(case, model, image, order[:, 0])["A"].shape[2:]
+    for case in (*pm.FAST_CASES, pm.FAST_SWIN):
+        model = ref.build_model(case)
+        image, order = pm.make_inputs(case, ref.num_classes(model), 1)
+        grid = ref.eager_reference(case, model, image, order[:, 0])["A"].shape[2:]
         assert min(grid) >= 3, (case.id, grid)

@@ -1,7 +1,6 @@
 """Explanation quality: the scoring functions, and a regression guard that rebuilds the default
 bundle's semantics from scratch (small probe set) and checks the phrases still name the shape."""
 
-import shutil
 
 import numpy as np
 import pytest
@@ -55,13 +54,12 @@ def test_random_channels_of_equal_weight_reach_the_groups_total():
 
 
 @pytest.mark.slow
-def test_rebuilt_semantics_still_name_the_deciding_colour(tmp_path):
+def test_rebuilt_semantics_still_name_the_deciding_colour(default_bundle_copy, tmp_path):
     pytest.importorskip("open_clip")
     from textcam.runtime import Explainer
     from textcam.shapes_world.build import add_semantics, load_tiny_clip
 
-    bundle = tmp_path / "color.textcam"
-    shutil.copytree(artifacts.DEFAULT_BUNDLE, bundle)
+    bundle = default_bundle_copy
     probe = tmp_path / "probe"
     ShapesWorld(64, seed=splits.PROBE + 1).write_pngs(probe, 400)
     add_semantics(bundle, probe, load_tiny_clip(artifacts.CLIP_CHECKPOINT))

@@ -5,24 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from semantics_helpers import CLASSES, make_store, random_batch, unit
 
 from textcam.errors import TextcamError
 from textcam.runtime import Explainer, concepts
 from textcam.runtime.concepts import ConceptSettings, aggregate, rank, select_diverse
 from textcam.runtime.explanation import Concept
 from textcam.runtime.fused_ranking import fuse_ranking
+from textcam.shapes_world.artifacts import DEFAULT_BUNDLE
 
-sys.path.insert(0, str(Path(__file__).parent))
-from semantics_helpers import CLASSES, add_semantics, make_store, model_sha256, random_batch, unit
-
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "shapes_world" / "artifacts" / "color.textcam"
 FRESH_SCENES_SEED = 90_210
 """Not one of shapes_world/splits.py's seeds: scenes neither the models nor the semantics saw."""
 
@@ -186,38 +182,31 @@ def test_ties_are_broken_by_phrase_id_on_both_paths(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cnn_bundles(tmp_path_factory):
+def cnn_bundles(make_bundle):
     """Two small shapes-world CNNs (16 and 32 channels at 'features', 32x32, random weights)."""
-    torch = pytest.importorskip("torch")
-    from textcam.export import export_bundle
+    pytest.importorskip("torch")
     from textcam.shapes_world.classifiers import build_cnn
 
-    bundles = {}
-    for width in (4, 8):
-        torch.manual_seed(width)
-        model = build_cnn(len(CLASSES), width).eval()
-        out = tmp_path_factory.mktemp("cnn") / f"cnn{width}.textcam"
-        bundles[4 * width] = export_bundle(model, "features", out, input_size=(32, 32), class_names=CLASSES,
-                                           mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).path
-    return bundles
+    return {4 * width: make_bundle(lambda width=width: build_cnn(len(CLASSES), width).eval(), "features",
+                                   seed=width, input_size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+            for width in (4, 8)}
 
 
-def test_explainer_fused_and_numpy_agree_on_random_stores(cnn_bundles, tmp_path):
+def test_explainer_fused_and_numpy_agree_on_random_stores(make_bundle, cnn_bundles):
     rng = np.random.default_rng(11)
 
     cases = identical = fused_used = 0
     for number in range(24):
         channels = int(rng.choice(list(cnn_bundles)))
         case = random_case(rng)
-        bundle = tmp_path / f"b{number}.textcam"
-        shutil.copytree(cnn_bundles[channels], bundle)
         store = make_store(channels=channels, dim=case["D"], vocabulary=case["V"], seed=1000 + number,
-                           common=case["common"], model_sha256=model_sha256(bundle))
+                           common=case["common"])  # make_bundle binds it to the model
         if case["near_duplicates"]:
             store = with_near_duplicates(store, rng)
         defaults = {"beta": case["beta"], "top_k": case["top_k"], "candidates": case["N"], "l1": case["l1"],
                     "l2": case["l2"], "steps": case["steps"], "center": case["center"]}
-        add_semantics(bundle, store, fused_candidates=case["fused_n"], defaults=defaults)
+        bundle = make_bundle(cnn_bundles[channels], semantics=store, semantics_defaults=defaults,
+                             fused_candidates=case["fused_n"])
         fused, numpy_only = Explainer(bundle), Explainer(bundle, use_fused=False)
         assert not numpy_only.fused
         assert fused.fused == (min(case["fused_n"], case["V"]) >= min(case["N"], case["V"])), case

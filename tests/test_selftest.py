@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +31,6 @@ from textcam.runtime.selftest import (
     widened,
 )
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "shapes_world" / "artifacts" / "color.textcam"
-
 
 def _record(path: Path, data: bytes, fields: dict) -> None:
     with update_bundle(path) as update:
@@ -41,32 +38,25 @@ def _record(path: Path, data: bytes, fields: dict) -> None:
         update.manifest = update.manifest.replace(selftest=SelftestSection(ref, **fields))
 
 
-def _with_selftest(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
-    data, fields = build_selftest(target)
-    _record(target, data, fields)
-    return target
+def _with_selftest(bundle: Path) -> Path:
+    data, fields = build_selftest(bundle)
+    _record(bundle, data, fields)
+    return bundle
 
 
 @pytest.fixture(scope="module")
-def default_st(tmp_path_factory):
-    return _with_selftest(DEFAULT_BUNDLE, tmp_path_factory.mktemp("st") / "color.textcam")
+def default_st(make_bundle):
+    return _with_selftest(make_bundle("default", copy=True))
 
 
 @pytest.fixture(scope="module")
-def small_st(small_bundle, tmp_path_factory):
-    return _with_selftest(Path(small_bundle), tmp_path_factory.mktemp("st") / "small.textcam")
+def small_st(make_bundle, small_bundle):
+    return _with_selftest(make_bundle(small_bundle, copy=True))
 
 
 @pytest.fixture(params=["default", "small"])
 def st_bundle(request):
     return request.getfixturevalue(f"{request.param}_st")
-
-
-def _copy(bundle: Path, tmp_path: Path) -> Path:
-    target = tmp_path / bundle.name
-    shutil.copytree(bundle, target)
-    return target
 
 
 class _Session:
@@ -186,15 +176,8 @@ def test_perturbed_weights_fail_the_graph_rows(st_bundle, scale):
     assert report.row("preprocess", "input").passed
 
 
-def test_another_cam_method_fails_the_cam_row(small_st, tmp_path):
-    torch = pytest.importorskip("torch")
-    torchvision = pytest.importorskip("torchvision")
-    from textcam.export import export_bundle
-
-    torch.manual_seed(0)  # the same weights as small_bundle, explained by LayerCAM instead of Grad-CAM
-    model = torchvision.models.resnet18(num_classes=5)
-    other = export_bundle(model, "layer4", tmp_path / "layercam.textcam", input_size=(64, 64),
-                          class_names=["circle", "square", "triangle", "star", "cross"], method="layercam")
+def test_another_cam_method_fails_the_cam_row(make_bundle, small_st):
+    other = make_bundle(method="layercam")  # the same weights as small_bundle, explained by LayerCAM instead
     explainer = Explainer(small_st)
     explainer.runner = _Session(str(Bundle.open(other).model_path))
     report = explainer.selftest()
@@ -271,22 +254,21 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
     return message
 
 
-def _without_selftest(tmp_path) -> Path:
-    plain = _copy(DEFAULT_BUNDLE, tmp_path)
+def _without_selftest(plain: Path) -> Path:
     with update_bundle(plain) as update:
         update.manifest = update.manifest.replace(selftest=None)
     return plain
 
 
-def test_bundle_without_selftest(tmp_path):
-    plain = _without_selftest(tmp_path)
+def test_bundle_without_selftest(default_bundle_copy):
+    plain = _without_selftest(default_bundle_copy)
     with pytest.raises(TextcamError, match=r"no self-test.*re-run `textcam export`") as exc:
         Explainer(plain).selftest()
     _one_line(exc)
 
 
-def test_corrupted_file_fails_its_checksum(default_st, tmp_path):
-    bundle = _copy(default_st, tmp_path)
+def test_corrupted_file_fails_its_checksum(make_bundle, default_st, tmp_path):
+    bundle = make_bundle(default_st, copy=tmp_path / default_st.name)
     path = bundle / Bundle.open(bundle).info.selftest.data.file
     raw = bytearray(path.read_bytes())
     raw[-100] ^= 0xFF
@@ -337,8 +319,8 @@ def _rewrite(bundle: Path, change, fields_change=None) -> None:
     (lambda t, m: None, lambda f: f["tolerances"].pop("cam"), "'selftest.tolerances' lacks cam"),
     (lambda t, m: None, lambda f: f.update(concepts=False), "manifest's selftest.concepts is false"),
 ])
-def test_bad_contents_are_one_line_errors(default_st, tmp_path, change, fields_change, message):
-    bundle = _copy(default_st, tmp_path)
+def test_bad_contents_are_one_line_errors(make_bundle, default_st, tmp_path, change, fields_change, message):
+    bundle = make_bundle(default_st, copy=tmp_path / default_st.name)
     _rewrite(bundle, change, fields_change)
     with pytest.raises(TextcamError, match=message) as exc:
         run_selftest(bundle)
@@ -378,10 +360,10 @@ def test_cli_errors(default_st, args, message):
     assert result.exit_code in (1, 2) and message in result.output
 
 
-def test_cli_without_selftest_is_one_line(tmp_path):
+def test_cli_without_selftest_is_one_line(default_bundle_copy):
     from textcam.cli import main
 
-    result = CliRunner().invoke(main, ["selftest", str(_without_selftest(tmp_path))])
+    result = CliRunner().invoke(main, ["selftest", str(_without_selftest(default_bundle_copy))])
     assert result.exit_code == 1
     assert result.output.count("\n") == 1 and "re-run `textcam export`" in result.output
 

@@ -46,10 +46,8 @@ def store_path(bundle: Path) -> Path:
 
 
 @pytest.fixture()
-def bundle(small_bundle, tmp_path):
-    copy = tmp_path / "b.textcam"
-    shutil.copytree(small_bundle, copy)
-    return copy
+def bundle(make_bundle, small_bundle, tmp_path):
+    return make_bundle(small_bundle, copy=tmp_path / "b.textcam")
 
 
 def test_build_writes_a_valid_store_bound_to_the_model(bundle, probe, clip, tmp_path):

@@ -4,7 +4,6 @@ CLIP's coverage of a vocabulary (the compact tiny CLIP holds only some tokens)."
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 from pathlib import Path
@@ -255,12 +254,11 @@ def test_a_full_clip_covers_every_phrase(full_clip, source):
     assert report.fraction == 1.0 and report.checked
 
 
-def test_semantics_command_refuses_before_any_work(tmp_path):
+def test_semantics_command_refuses_before_any_work(default_bundle_copy, tmp_path):
     pytest.importorskip("open_clip")
     from textcam.cli import main
 
-    bundle = tmp_path / "b.textcam"
-    shutil.copytree(artifacts.DEFAULT_BUNDLE, bundle)
+    bundle = default_bundle_copy
     words = tmp_path / "words.txt"
     words.write_text("red object\nzeppelin\nkangaroo\n")
     result = CliRunner().invoke(main, ["semantics", str(bundle), "--probe", str(tmp_path / "no_probe_here"),
@@ -272,11 +270,11 @@ def test_semantics_command_refuses_before_any_work(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
-def test_semantics_command_refuses_special_vocab_files(kind, tmp_path):
+def test_semantics_command_refuses_special_vocab_files(kind, default_bundle_copy, tmp_path):
     from textcam.cli import main
 
     path = special_file(kind, tmp_path)
-    bundle = _copy(tmp_path)
+    bundle = default_bundle_copy
     box = finishes(lambda: CliRunner().invoke(main, ["semantics", str(bundle), "--probe", "p", "--vocab", str(path),
                                                      "--clip", "textcam-tiny-clip"]))
     result = box["result"]
@@ -284,20 +282,13 @@ def test_semantics_command_refuses_special_vocab_files(kind, tmp_path):
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
 
 
-def _copy(tmp_path: Path) -> Path:
-    bundle = tmp_path / "copy.textcam"
-    if not bundle.exists():
-        shutil.copytree(artifacts.DEFAULT_BUNDLE, bundle)
-    return bundle
-
-
 @pytest.mark.slow
-def test_semantics_command_reports_coverage(tmp_path):
+def test_semantics_command_reports_coverage(default_bundle_copy, tmp_path):
     pytest.importorskip("open_clip")
     from textcam.cli import main
     from textcam.shapes_world import ShapesWorld
 
-    bundle = _copy(tmp_path)
+    bundle = default_bundle_copy
     probe = tmp_path / "probe"
     ShapesWorld(64, seed=5).write_pngs(probe, 16)
     result = CliRunner().invoke(main, ["semantics", str(bundle), "--probe", str(probe), "-m", "4",

@@ -1,16 +1,12 @@
-"""Engine bookkeeping without a GPU: batch profiles, file names, manifest entries, engine choice,
-rebuild hints, batch splitting and the parity table. None of this needs TensorRT."""
+"""textcam.engines.entries: engine bookkeeping without a GPU: precisions, batch profiles, file names,
+manifest entries, engine choice, rebuild hints. None of this needs TensorRT."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import shutil
 
-import numpy as np
 import pytest
 
-from textcam.engines.build import BuildSettings, profile_shapes, record_engine
 from textcam.engines.entries import (
     BatchProfile,
     EngineEntry,
@@ -23,11 +19,8 @@ from textcam.engines.entries import (
     reduced_graph_name,
     replace_entry,
 )
-from textcam.engines.parity import ParityReport, compare_outputs
 from textcam.errors import TextcamError
-from textcam.runtime.backends.tensorrt_runner import pad_batch, run_in_chunks
-from textcam.runtime.bundle_files import read_manifest, sha256_file
-from textcam.shapes_world.artifacts import DEFAULT_BUNDLE
+from textcam.runtime.bundle_files import sha256_file
 
 MODEL_SHA = "ab" * 32
 
@@ -228,148 +221,3 @@ def test_engine_file_checks_presence_size_and_checksum(tmp_path):
         engine_file(tmp_path, good)
     assert "corrupt (checksum differs" in one_line(exc) and "--precision fp32" in str(exc.value)
     assert engine_file(tmp_path, good, verify_checksum=False) == plan
-
-
-# --- manifest updates, build settings ---------------------------------------------------------------------------
-
-
-def test_record_engine_replaces_the_same_key_and_keeps_the_rest(tmp_path):
-    bundle = tmp_path / "b.textcam"
-    shutil.copytree(DEFAULT_BUNDLE, bundle)
-    (bundle / "engines").mkdir()
-
-    def plan(precision, data, **extra):
-        e = entry(precision, **extra)
-        (bundle / e.file).write_bytes(data)
-        return dataclasses.replace(e, sha256=sha256_file(bundle / e.file), size_bytes=len(data))
-
-    before = read_manifest(bundle)
-    record_engine(bundle, plan("fp16", b"one", profile=(1, 8, 32)))
-    record_engine(bundle, plan("fp32", b"two"))
-    record_engine(bundle, plan("fp16", b"three", profile=(2, 4, 8)))
-    written = read_manifest(bundle)
-    assert [(e.precision, e.profile.to_dict()) for e in written.engines] == [
-        ("fp32", {"min": 1, "opt": 8, "max": 32}), ("fp16", {"min": 2, "opt": 4, "max": 8})]
-    assert written.semantics.store.sha256 == before.semantics.store.sha256  # other sections untouched
-    assert not list(bundle.glob(".manifest.json.*"))  # atomic write left no temp file
-    with pytest.raises(TextcamError, match=r"engines\[\]\.(size_bytes|sha256)"):
-        record_engine(bundle, entry("bf16"))  # an entry without its file's size and checksum is refused
-
-
-def test_profile_shapes_follow_the_dynamic_batch():
-    shapes = profile_shapes((-1, 3, 32, 48), BatchProfile(1, 8, 32), "image")
-    assert shapes == ((1, 3, 32, 48), (8, 3, 32, 48), (32, 3, 32, 48))
-    assert profile_shapes((-1,), BatchProfile(2, 4, 8), "target_class") == ((2,), (4,), (8,))
-    with pytest.raises(TextcamError, match="dynamic batch"):
-        profile_shapes((1, 3, 32, 32), BatchProfile(1, 8, 32), "image")
-    with pytest.raises(TextcamError, match="dynamic batch"):
-        profile_shapes((-1, 3, -1, 32), BatchProfile(1, 8, 32), "image")
-
-
-@pytest.mark.parametrize(
-    ("options", "fragment"),
-    [({"concurrency": 0}, "--concurrency 0"), ({"concurrency": 17}, "--concurrency 17"),
-     ({"workspace_gb": 0}, "--workspace-gb 0"), ({"workspace_gb": -2.0}, "--workspace-gb -2.0"),
-     ({"precision": "fp8"}, "precision 'fp8'")],
-)
-def test_bad_build_settings(options, fragment, tmp_path):
-    settings = {"precision": "fp16", "profile": BatchProfile.resolve(), **options}
-    with pytest.raises(TextcamError) as exc:
-        BuildSettings(**settings)
-    assert fragment in one_line(exc)
-    with pytest.raises(TextcamError, match="is a directory"):
-        BuildSettings("fp32", BatchProfile.resolve(), timing_cache=tmp_path)
-
-
-# --- batch splitting (the runner's logic, with a plain function standing in for the engine) ------------------
-
-
-def test_pad_batch_repeats_the_last_row():
-    rows = np.arange(6, dtype=np.float32).reshape(3, 2)
-    padded = pad_batch(rows, 5)
-    assert padded.shape == (5, 2)
-    np.testing.assert_array_equal(padded[3:], [[4, 5], [4, 5]])
-    assert pad_batch(rows, 3) is rows
-
-
-def test_run_in_chunks_splits_pads_trims_and_keeps_order():
-    seen = []
-
-    def engine(feeds):
-        seen.append(len(feeds["image"]))
-        assert 4 <= len(feeds["image"]) <= 8, "the profile's limits must hold for every run"
-        return {"logits": feeds["image"][:, :1] * 2, "class_index": feeds["target_class"] + 100}
-
-    images = np.arange(21 * 3, dtype=np.float32).reshape(21, 3)
-    classes = np.arange(21, dtype=np.int64)
-    outputs = run_in_chunks({"image": images, "target_class": classes}, BatchProfile(4, 4, 8), engine)
-    assert seen == [8, 8, 5]
-    np.testing.assert_array_equal(outputs["logits"][:, 0], images[:, 0] * 2)
-    np.testing.assert_array_equal(outputs["class_index"], classes + 100)
-    small = run_in_chunks({"image": images[:2], "target_class": classes[:2]}, BatchProfile(4, 4, 8), engine)
-    assert seen[-1] == 4 and len(small["logits"]) == 2  # padded to the minimum, trimmed back
-    with pytest.raises(TextcamError, match="different batch sizes"):
-        run_in_chunks({"image": images, "target_class": classes[:3]}, BatchProfile(1, 8, 32), engine)
-    with pytest.raises(TextcamError, match="empty batch"):
-        run_in_chunks({"image": images[:0], "target_class": classes[:0]}, BatchProfile(1, 8, 32), engine)
-
-
-# --- parity report ------------------------------------------------------------------------------------------------
-
-
-def outputs(seed: int, batch: int = 4) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {
-        "logits": rng.standard_normal((batch, 5)).astype(np.float32) * 3,
-        "class_index": rng.integers(0, 5, batch),
-        "cam": rng.uniform(0, 1, (batch, 16, 16)).astype(np.float32),
-        "channel_weights": rng.standard_normal((batch, 8)).astype(np.float32) * 1e-7,  # deep gradients are tiny
-        "channel_activation": rng.uniform(0, 2, (batch, 8)).astype(np.float32),
-    }
-
-
-def test_identical_outputs_pass_every_check():
-    reference = outputs(0)
-    rows = compare_outputs(reference, {k: v.copy() for k, v in reference.items()}, "fp32")
-    report = ParityReport("fp32", (1, 3), 7, rows)
-    assert report.passed and report.summary().startswith("parity fp32: all")
-    assert json.loads(json.dumps(report.to_dict()))["passed"] is True
-
-
-def test_parity_limits_depend_on_precision_and_are_relative_for_gradients():
-    reference = outputs(0)
-    candidate = {k: v.copy() for k, v in reference.items()}
-    candidate["cam"] = candidate["cam"] + 0.01  # within fp16's 2e-2, beyond fp32's 1e-3
-    candidate["channel_weights"] = candidate["channel_weights"] * 1.005  # 0.5% relative on 1e-7 values
-    fp16 = ParityReport("fp16", (4,), 1, compare_outputs(reference, candidate, "fp16"))
-    fp32 = ParityReport("fp32", (4,), 1, compare_outputs(reference, candidate, "fp32"))
-    assert fp16.passed
-    assert not fp32.passed
-    failed = {row.name for row in fp32.failed}
-    assert failed == {"cam (given classes)", "channel_weights"}
-    assert "cam (given classes) 1.00e-02 > 1.00e-03" in fp32.summary()
-
-
-def test_class_mismatch_for_given_classes_fails_but_noise_agreement_is_only_reported():
-    reference = outputs(1)
-    candidate = {k: v.copy() for k, v in reference.items()}
-    predicted_ref, predicted_cand = np.array([0, 1, 2, 3]), np.array([0, 1, 2, 4])
-    rows = compare_outputs(reference, candidate, "fp16", predicted_ref, predicted_cand)
-    report = ParityReport("fp16", (4,), 1, rows)
-    assert report.passed  # 75% agreement on noise inputs is information, not a failure
-    table = report.table()
-    assert "predicted class (noise)" in table and "75.0%" in table and "info" in table
-    assert len(table.splitlines()) == 3 + len(rows)  # title, header, rule, one line per check
-    candidate["class_index"] = candidate["class_index"] + 1
-    broken = ParityReport("fp16", (4,), 1, compare_outputs(reference, candidate, "fp16"))
-    assert not broken.passed and "class_index (given classes) 0.0% < 100.0%" in broken.summary()
-
-
-def test_wrong_shapes_fail_and_missing_outputs_are_named():
-    reference = outputs(2)
-    candidate = {k: v.copy() for k, v in reference.items()}
-    candidate["cam"] = candidate["cam"][:, :8]
-    assert not ParityReport("fp32", (4,), 1, compare_outputs(reference, candidate, "fp32")).passed
-    del candidate["cam"]
-    with pytest.raises(TextcamError, match="lack cam"):
-        compare_outputs(reference, candidate, "fp32")
