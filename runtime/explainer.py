@@ -99,22 +99,25 @@ class Explainer:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
-        spec = self.bundle.manifest.get("semantics") or None
-        self.semantics: SemanticsStore | None = _load_store(self.bundle, spec) if spec else None
+        info = self.bundle.info
+        self.semantics: SemanticsStore | None = None
+        if info.semantics:
+            self.semantics = read_store(self.bundle.semantics_path, model_sha256=self.bundle.model_sha256,
+                                        channels=self.bundle.channels)
         if isinstance(concepts, ConceptSettings):
             concepts.check()
             self.concept_settings = concepts
         else:
-            self.concept_settings = ConceptSettings.resolve((spec or {}).get("defaults"), **overrides)
+            self.concept_settings = ConceptSettings.resolve(info.semantics.defaults if info.semantics else None,
+                                                            **overrides)
         self._vocabulary_mean = self.semantics.text_embeddings.mean(axis=0) if self.semantics else None
         graph = self.bundle
-        fused = self.bundle.manifest.get("fused_graph")
+        fused = info.fused_graph
         # the fused graph ranks with one beta mode and up to its own N (capped at V: N >= V means all
         # phrases on both paths); other settings rank here
         if (self.semantics and fused and use_fused and backend == "onnxruntime"
-                and fused.get("beta", self.concept_settings.beta) == self.concept_settings.beta
-                and int(fused.get("candidates", 0))
-                >= min(self.concept_settings.candidates, len(self.semantics.phrases))):
+                and fused.beta == self.concept_settings.beta
+                and fused.candidates >= min(self.concept_settings.candidates, len(self.semantics.phrases))):
             graph = self.bundle.with_fused_graph()
         self.fused = graph is not self.bundle
         self.backend = backend
@@ -205,7 +208,7 @@ class Explainer:
                 f"{self.bundle.path}: channel groups need channel semantics; run `textcam semantics` on the bundle"
             )
         concepts.check_group_method(self.bundle.method)
-        if not self.bundle.manifest["graph"].get("has_activations"):
+        if not self.bundle.info.graph.has_activations:
             raise TextcamError(
                 f"{self.bundle.path}: channel groups need the layer's activation maps, which this graph does not "
                 "output; re-export with with_activations=True (textcam export --with-activations)"
@@ -426,7 +429,3 @@ def _concept_overrides(concepts, deprecated: dict) -> dict:
         raise TextcamError(f"concepts: no setting {unknown[0]!r}; the settings: "
                            f"{', '.join(ConceptSettings.__dataclass_fields__)}")
     return dict(concepts)
-
-
-def _load_store(bundle: Bundle, spec: dict) -> SemanticsStore:
-    return read_store(bundle.semantics_path, model_sha256=bundle.model_sha256, channels=bundle.channels)

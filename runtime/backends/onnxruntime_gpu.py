@@ -61,7 +61,7 @@ class _OnnxRuntimeGpuRunner(GraphRunner):
     def _reduced_graph(self, bundle: Bundle, precision: str) -> Path:
         from textcam.engines.precision import reduced_graph
 
-        return reduced_graph(bundle.model_path, bundle.manifest["model"].get("sha256") or "", self.cache_dir,
+        return reduced_graph(bundle.model_path, bundle.model_sha256, self.cache_dir,
                              precision)
 
     def providers(self, bundle) -> list:

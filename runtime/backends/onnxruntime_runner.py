@@ -51,7 +51,7 @@ class OnnxRuntimeRunner(GraphRunner):
             ) from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        expected = [i["name"] for i in bundle.manifest["graph"]["inputs"]]
+        expected = [i.name for i in bundle.info.graph.inputs]
         if self.input_names != expected:
             raise TextcamError(
                 f"{bundle.model_path}: graph inputs {self.input_names} differ from the manifest's {expected}; "

@@ -270,8 +270,8 @@ class TensorRTRunner(GraphRunner):
                 )
             self.entry, path = entry, bundle.engine_path(entry, f"rebuild it with `{hint}`")  # confined, size, sha256
         self.pool = EnginePool(path.read_bytes(), self.memory, contexts, cuda_graph_batch, str(path), hint)
-        expected_inputs = [i["name"] for i in bundle.manifest["graph"]["inputs"]]
-        expected_outputs = [o["name"] for o in bundle.manifest["graph"]["outputs"]]
+        expected_inputs = [i.name for i in bundle.info.graph.inputs]
+        expected_outputs = [o.name for o in bundle.info.graph.outputs]
         if sorted(self.pool.input_names) != sorted(expected_inputs) or \
                 not set(expected_outputs) <= set(self.pool.output_names):
             self.pool.close()
