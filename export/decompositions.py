@@ -15,6 +15,10 @@ kernels that the ONNX exporter cannot translate or that accelerators handle badl
   pooling is linear, so its backward is a constant pooling matrix on each axis (adaptive) or a
   transposed convolution with a constant kernel (fixed windows).
 
+- ``silu_backward``: no ONNX translation in torch 2.14's exporter (any layer followed by SiLU,
+  e.g. EfficientNet's inner stages, failed to export). With s = sigmoid(x), the derivative of
+  x * s is s * (1 + x * (1 - s)): two element-wise ops on the forward input.
+
 - ``select_backward`` / ``slice_backward`` (a ViT reading its class token, ``x[:, 0]``): the
   stock decomposition is a scatter (``ScatterElements``), which TensorRT handles badly; the
   gradient of a slice is the incoming gradient zero-padded back to the input's size.
@@ -153,6 +157,11 @@ def avg_pool2d_backward(
     return F.conv_transpose2d(grad_output, kernel, None, (sh, sw), (ph, pw), extra, channels)
 
 
+def silu_backward(grad_output: Tensor, input: Tensor) -> Tensor:
+    s = torch.sigmoid(input)
+    return grad_output * s * (1 + input * (1 - s))
+
+
 def _pad_along(grad: Tensor, dim: int, before, after) -> Tensor:
     dim = dim % grad.dim()
     pads = [0, 0] * (grad.dim() - dim - 1) + [before, after]
@@ -180,6 +189,7 @@ def decomposition_table() -> dict:
         aten.max_pool2d_with_indices_backward.default: max_pool2d_backward,
         aten._adaptive_avg_pool2d_backward.default: adaptive_avg_pool2d_backward,
         aten.avg_pool2d_backward.default: avg_pool2d_backward,
+        aten.silu_backward.default: silu_backward,
         aten.select_backward.default: select_backward,
         aten.slice_backward.default: slice_backward,
     }

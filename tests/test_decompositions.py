@@ -203,12 +203,53 @@ def _normalized(start, end, size):
     return start, end - start
 
 
+@pytest.mark.parametrize("scale", [1.0, 8.0, 40.0])  # 40: sigmoid saturates in float32
+def test_silu_backward_matches_autograd(scale):
+    x = torch.randn(2, 5, 7, 6, generator=_generator()) * scale
+    upstream, expected = _input_grad(F.silu, x)
+    torch.testing.assert_close(D.silu_backward(upstream, x), expected, rtol=RTOL, atol=ATOL)
+
+
 def test_decomposition_table_covers_the_backward_ops():
     aten = torch.ops.aten
     table = D.decomposition_table()
     for op in (aten.convolution_backward.default, aten.max_pool2d_with_indices_backward.default,
-               aten._adaptive_avg_pool2d_backward.default, aten.avg_pool2d_backward.default):
+               aten._adaptive_avg_pool2d_backward.default, aten.avg_pool2d_backward.default,
+               aten.silu_backward.default):
         assert op in table
+
+
+class SiluNet(torch.nn.Module):
+    """conv (explained) -> SiLU -> conv -> SiLU -> GAP -> linear: an EfficientNet-style inner layer."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.block = torch.nn.Sequential(torch.nn.SiLU(), torch.nn.Conv2d(6, 8, 3, stride=2, padding=1),
+                                         torch.nn.SiLU())
+        self.fc = torch.nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.block(self.stem(x)).mean(dim=(2, 3)))
+
+
+def test_a_layer_followed_by_silu_exports_and_matches_pytorch_grad_cam(make_bundle):
+    """Exported through SiLU's backward; the map agrees with pytorch-grad-cam on fresh inputs."""
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from textcam.runtime import Explainer
+
+    torch.manual_seed(0)
+    model = SiluNet().eval()
+    bundle = make_bundle(model, "stem", classes=None, input_size=(24, 24))
+    batch = torch.randn(3, 3, 24, 24, generator=_generator(5))
+    explained = Explainer(bundle).explain_batch(batch.numpy(), class_index=[0, 1, 2])
+    with GradCAM(model=model, target_layers=[model.stem]) as cam:
+        expected = cam(input_tensor=batch, targets=[ClassifierOutputTarget(i) for i in range(3)])
+    for result, reference in zip(explained, expected, strict=True):
+        assert abs(result.heatmap - reference).max() < 1e-4
 
 
 # --- end to end: the exported graph -----------------------------------------------------------
