@@ -221,23 +221,3 @@ def choose_engine(
     what = f"no {precision} engine" if precision else "no engine"
     raise TextcamError(f"{bundle_path}: {what} for this GPU: the bundle has {built}; {machine}; "
                        f"rebuild with `{hint}`")
-
-
-def engine_file(bundle_path: Path | str, entry: EngineEntry, verify_checksum: bool = True) -> Path:
-    """The entry's ``.plan`` file, checked against the manifest (present, same size, same sha256)."""
-    from textcam.runtime.bundle_files import sha256_file
-
-    path = Path(bundle_path) / entry.file
-    hint = rebuild_command(bundle_path, entry.precision, entry.profile, entry.concurrency)
-    if not path.is_file():
-        raise TextcamError(f"{path}: engine file missing (named in the manifest); rebuild with `{hint}`")
-    if entry.size_bytes is not None and path.stat().st_size != entry.size_bytes:
-        raise TextcamError(
-            f"{path}: engine file is corrupt ({path.stat().st_size} bytes, the manifest says {entry.size_bytes}); "
-            f"rebuild with `{hint}`"
-        )
-    if verify_checksum and entry.sha256 is not None and sha256_file(path) != entry.sha256:
-        raise TextcamError(
-            f"{path}: engine file is corrupt (checksum differs from the manifest); rebuild with `{hint}`"
-        )
-    return path

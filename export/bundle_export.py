@@ -30,7 +30,6 @@ from textcam.runtime.bundle_files import (
     MANIFEST_FILE,
     MODEL_FILE,
     check_output_dir,
-    looks_like_bundle,
     sha256_file,
     staged_bundle_dir,
     write_file_atomic,
@@ -152,8 +151,7 @@ def export_bundle(
     if target_layer is not None and not isinstance(target_layer, str):
         raise TextcamError(f"target_layer={target_layer!r}: expected a dotted module name such as 'layer4'")
     out = Path(out)
-    if not force and looks_like_bundle(out):
-        raise TextcamError(f"{out}: a textcam bundle is already there; pass force=True (--force) to replace it")
+    check_output_dir(out, overwrite=force)  # before the slow part
     input_hw = _parse_size(input_size)
     cam_method = get_method(method)
     if resize not in RESIZE_POLICIES:
@@ -163,7 +161,6 @@ def export_bundle(
     mean, std = _rgb("mean", mean), _rgb("std", std)
     if any(s <= 0 for s in std):
         raise TextcamError(f"std={','.join(map(str, std))}: each value must be positive")
-    check_output_dir(out)  # before the slow part
     timings: dict[str, float] = {}
 
     # A private copy: switching off in-place ops (which clash with retaining activations and
@@ -198,7 +195,7 @@ def export_bundle(
     ).eval()
     timings["probe_s"] = time.perf_counter() - start
 
-    with staged_bundle_dir(out) as stage:
+    with staged_bundle_dir(out, overwrite=force) as stage:
         start = _stage(progress, "tracing forward + backward + CAM")
         target_example = torch.tensor([-1, 0])
         graph = trace_joint(joint, example, target_example)

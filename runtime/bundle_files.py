@@ -153,7 +153,8 @@ def check_output_dir(out: Path, overwrite: bool = True) -> None:
                 "(choose a new path or remove the directory)"
             )
         if not overwrite:
-            raise TextcamError(f"{out}: a bundle exists there; pass --force (force=True) to replace it")
+            raise TextcamError(f"{out}: a textcam bundle is already there; pass force=True (--force) to replace it, "
+                               "or choose another path")
     ancestor = out.absolute().parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent

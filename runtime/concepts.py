@@ -385,6 +385,21 @@ def select_diverse(
     )
 
 
+
+def select_for_outputs(outputs, S: np.ndarray, T: np.ndarray, settings: ConceptSettings,
+                       vocabulary_mean: np.ndarray | None = None) -> Selection:
+    """The phrases for a batch of graph outputs: aggregate, rank, select in one call.
+
+    ``outputs`` holds ``channel_weights`` and ``channel_activation`` and, from a fused graph,
+    ``concept_ids``: those candidates are re-ranked here by (cosine, id) exactly as :func:`rank`
+    ranks, so the selection is the same whichever graph ran. ``vocabulary_mean``: T's row mean,
+    precomputed by callers that select often (computed here otherwise). See docs/architecture.md 4.5-4.7.
+    """
+    q = aggregate(outputs["channel_weights"], outputs["channel_activation"], S, settings.beta)
+    ids, _scores = rank(q, T, settings.candidates, among=outputs.get("concept_ids"))
+    center = (vocabulary_mean if vocabulary_mean is not None else True) if settings.center else False
+    return select_diverse(q, T, ids, settings.l1, settings.l2, settings.steps, settings.top_k, center=center)
+
 def check_group_method(method: str) -> None:
     if method not in CHANNEL_WEIGHT_METHODS:
         raise TextcamError(

@@ -17,7 +17,7 @@ from textcam.runtime.bundle import Bundle
 from textcam.runtime.concepts import ConceptSettings
 from textcam.runtime.explanation import Concept, Explanation, softmax
 from textcam.runtime.heatmap import map_to_original
-from textcam.runtime.images import DEFAULT_MAX_PIXELS, Geometry, load_image, preprocess
+from textcam.runtime.images import DEFAULT_MAX_PIXELS, Geometry, decode, load_image, preprocess
 from textcam.runtime.output_checks import check_outputs
 from textcam.runtime.semantics_file import SemanticsStore, read_store
 
@@ -263,8 +263,6 @@ class Explainer:
             del image
 
     def _decode(self, item: ImageInput) -> Image.Image:
-        from textcam.runtime.images import decode
-
         return decode(item, self.max_pixels)
 
     def _check_batch(self, batch: np.ndarray) -> np.ndarray:
@@ -342,21 +340,9 @@ class Explainer:
         return results
 
     def _select(self, outputs: dict[str, np.ndarray]) -> concepts.Selection:
-        """Candidates (from the fused graph, or ranked here) and the diverse top_k, for a whole batch.
-
-        Both paths compute q and every score here, so the fused graph only narrows down which
-        phrases are scored: its ``concept_ids`` are re-ranked by (cosine, id) exactly as
-        :func:`concepts.rank` ranks, and the selection is the same whichever path ran.
-        """
-        settings, store = self.concept_settings, self.semantics
-        q = concepts.aggregate(outputs["channel_weights"], outputs["channel_activation"],
-                               store.channel_semantics, settings.beta)
-        among = outputs.get("concept_ids")
-        ids, _scores = concepts.rank(q, store.text_embeddings, settings.candidates, among=among)
-        return concepts.select_diverse(
-            q, store.text_embeddings, ids, settings.l1, settings.l2, settings.steps, settings.top_k,
-            center=self._vocabulary_mean if settings.center else False,
-        )
+        """The diverse top_k for a whole batch (:func:`concepts.select_for_outputs`)."""
+        return concepts.select_for_outputs(outputs, self.semantics.channel_semantics, self.semantics.text_embeddings,
+                                           self.concept_settings, self._vocabulary_mean)
 
     def _groups(self, outputs, row: int, selection: concepts.Selection, geometry):
         if "activations" not in outputs:

@@ -205,16 +205,9 @@ def _graph_and_concepts(explainer, batch: np.ndarray, settings: _concepts.Concep
 
 
 def _select(explainer, outputs: Mapping[str, np.ndarray], settings: _concepts.ConceptSettings):
-    """The host's concept selection; the Explainer's own when its settings are the self-test's."""
-    if _settings_dict(explainer.concept_settings) == _settings_dict(settings):
-        return explainer._select(outputs)
+    """The host's concept selection, with the self-test's settings whatever the host's own are."""
     store = explainer.semantics
-    q = _concepts.aggregate(outputs["channel_weights"], outputs["channel_activation"], store.channel_semantics,
-                            settings.beta)
-    ids, _scores = _concepts.rank(q, store.text_embeddings, settings.candidates, among=outputs.get("concept_ids"))
-    center = store.text_embeddings.mean(axis=0) if settings.center else False
-    return _concepts.select_diverse(q, store.text_embeddings, ids, settings.l1, settings.l2, settings.steps,
-                                    settings.top_k, center=center)
+    return _concepts.select_for_outputs(outputs, store.channel_semantics, store.text_embeddings, settings)
 
 
 def _preprocess(images: list[np.ndarray], spec) -> np.ndarray:

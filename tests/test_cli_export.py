@@ -216,7 +216,7 @@ def test_export_then_replace_and_refuse(files, tmp_path):
     assert first.returncode == 0 and first.stdout.startswith(f"wrote {out}"), first.stderr
     manifest = (out / "manifest.json").read_text()
     refused = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert refused.returncode == 1 and "a textcam bundle is already there; pass --force" in refused.stderr
+    assert refused.returncode == 1 and "a textcam bundle is already there; pass force=True (--force)" in refused.stderr
     assert (out / "manifest.json").read_text() == manifest
     failed = subprocess.run([*command, "--force", "--class-names", str(files / "two_names.txt")],
                             capture_output=True, text=True, env=env, timeout=300)

@@ -13,7 +13,6 @@ from textcam.engines.entries import (
     check_precision,
     choose_engine,
     engine_entries,
-    engine_file,
     engine_file_name,
     rebuild_command,
     reduced_graph_name,
@@ -203,21 +202,28 @@ def test_engines_of_a_replaced_model_are_not_used():
     assert "another model.onnx" in one_line(exc)
 
 
-def test_engine_file_checks_presence_size_and_checksum(tmp_path):
-    (tmp_path / "engines").mkdir()
-    plan = tmp_path / "engines" / engine_file_name("fp32", "9.0", "10.8.0.43")
-    described = entry("fp32")
-    with pytest.raises(TextcamError) as exc:
-        engine_file(tmp_path, described)
-    assert "engine file missing" in one_line(exc) and "textcam build-engine" in str(exc.value)
+def test_engine_files_are_checked_for_presence_size_and_checksum(default_bundle_copy):
+    """The runner reaches a .plan through Bundle.engine_path: present, recorded size, recorded sha256."""
+    from textcam.runtime.bundle import Bundle
+
+    (default_bundle_copy / "engines").mkdir()
+    plan = default_bundle_copy / "engines" / engine_file_name("fp32", "9.0", "10.8.0.43")
+    hint = "rebuild it with `" + rebuild_command(default_bundle_copy, "fp32") + "`"
+
+    def path(described):
+        return Bundle.open(default_bundle_copy).engine_path(described, hint)  # a fresh Bundle: no cached check
+
     plan.write_bytes(b"serialized engine")
     good = entry("fp32", sha256=sha256_file(plan), size_bytes=plan.stat().st_size)
-    assert engine_file(tmp_path, good) == plan
+    assert path(good) == plan
+    plan.unlink()
+    with pytest.raises(TextcamError) as exc:
+        path(good)
+    assert "is missing" in one_line(exc) and "textcam build-engine" in str(exc.value)
     plan.write_bytes(b"serialized engine, then garbage")
-    with pytest.raises(TextcamError, match=r"corrupt .*bytes, the manifest says"):
-        engine_file(tmp_path, good)
+    with pytest.raises(TextcamError, match=r"bytes, the manifest says .*--precision fp32"):
+        path(good)
     plan.write_bytes(b"Serialized engine")  # same size, other bytes
     with pytest.raises(TextcamError) as exc:
-        engine_file(tmp_path, good)
-    assert "corrupt (checksum differs" in one_line(exc) and "--precision fp32" in str(exc.value)
-    assert engine_file(tmp_path, good, verify_checksum=False) == plan
+        path(good)
+    assert "checksum differs" in one_line(exc) and "--precision fp32" in str(exc.value)

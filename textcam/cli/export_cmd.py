@@ -99,13 +99,10 @@ def export_command(model_spec, layer, method, input_size, weights, num_classes, 
     except ImportError as exc:
         raise TextcamError(f"textcam export needs the export extra: pip install 'textcam[export]' ({exc})") from None
     from textcam.export.cam_methods import get_method
-    from textcam.runtime.bundle_files import check_output_dir, looks_like_bundle
+    from textcam.runtime.bundle_files import check_output_dir
 
     get_method(method)
-    check_output_dir(Path(out))
-    if not force and looks_like_bundle(Path(out)):
-        raise TextcamError(f"-o {out}: a textcam bundle is already there; pass --force to replace it, or choose "
-                           "another path")
+    check_output_dir(Path(out), overwrite=force)  # before the model loads
     mean_values = _floats("--mean", mean) or IMAGENET_MEAN
     std_values = _floats("--std", std) or IMAGENET_STD
     names = _class_names(class_names)
