@@ -18,6 +18,7 @@ from textcam.runtime.concepts import ConceptSettings
 from textcam.runtime.explanation import Concept, Explanation, softmax
 from textcam.runtime.heatmap import map_to_original
 from textcam.runtime.images import DEFAULT_MAX_PIXELS, Geometry, decode, load_image, preprocess
+from textcam.runtime.native import NATIVE_BACKENDS, NativeCore, decodes_natively, native_module
 from textcam.runtime.output_checks import check_outputs
 from textcam.runtime.semantics_file import SemanticsStore, read_store
 
@@ -69,6 +70,11 @@ class Explainer:
 
     ``batch_size``: images per graph call. ``max_pixels``: the largest image decoded.
 
+    ``native``: run each explanation in the C++ core (:mod:`textcam.runtime.native`; ``pip install
+    ./native``) for the ONNX Runtime backends. None (default): when installed and not switched off by
+    ``TEXTCAM_NATIVE=0``; False: the numpy path; True: the core or a one-line error. Answers and
+    errors are the same either way.
+
     Deprecated (one release; each warns with the new spelling): ``providers=``,
     ``intra_op_threads=``, ``allow_spinning=`` (now ``backend_options``), ``top_k=``, ``beta=``,
     ``candidates=``, ``l1=``, ``l2=``, ``steps=``, ``group_channels=``, ``center=`` (now
@@ -85,6 +91,7 @@ class Explainer:
         batch_size: int = 16,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         use_fused: bool = True,
+        native: bool | None = None,
         **deprecated,
     ):
         unknown = [name for name in deprecated if name not in _DEPRECATED_BACKEND + _DEPRECATED_CONCEPTS]
@@ -121,11 +128,50 @@ class Explainer:
             graph = self.bundle.with_fused_graph()
         self.fused = graph is not self.bundle
         self.backend = backend
-        self.runner: GraphRunner = create_runner(backend, graph, **options)
+        self._graph, self._options = graph, options
+        self._runner: GraphRunner | None = None
+        self._core = self._native_core(native, backend, options, use_fused)
+        if self._core is None:
+            self._runner = create_runner(backend, graph, **options)
+        else:
+            self.fused = self._core.fused
+
+    def _native_core(self, native: bool | None, backend: str, options: dict, use_fused: bool) -> NativeCore | None:
+        if native not in (None, True, False):
+            raise TextcamError(f"native={native!r}: expected True, False or None (use the core when installed)")
+        module = None if native is False else native_module(force=bool(native))
+        if native and module is None:
+            raise TextcamError("native=True: the native core is not installed; pip install ./native "
+                               "(docs/native.md)")
+        if module is None or backend not in NATIVE_BACKENDS:
+            if native:
+                raise TextcamError(f"native=True: the native core runs {', '.join(NATIVE_BACKENDS)}, not {backend!r}")
+            return None
+        settings = {name: getattr(self.concept_settings, name) for name in ConceptSettings.__dataclass_fields__}
+        return NativeCore(module, self.bundle.path, backend, options, settings, self.batch_size, self.max_pixels,
+                          use_fused)
+
+    @property
+    def native(self) -> bool:
+        """True when explanations run in the C++ core (:mod:`textcam.runtime.native`)."""
+        return self._core is not None
+
+    @property
+    def runner(self) -> GraphRunner:
+        """The Python graph runner (made on first use when the native core runs the explanations)."""
+        if self._runner is None:
+            self._runner = create_runner(self.backend, self._graph, **self._options)
+        return self._runner
+
+    @runner.setter
+    def runner(self, runner: GraphRunner) -> None:
+        self._runner = runner
 
     def close(self) -> None:
         """Release the backend's device memory now (GPU backends); the CPU backend has nothing to free."""
-        self.runner.close()
+        if self._runner is not None:
+            self._runner.close()
+        self._core = None
 
     def __enter__(self) -> Explainer:
         return self
@@ -161,6 +207,8 @@ class Explainer:
             return self.explain_batch(image, class_index, groups)
         if groups:
             self.check_groups()
+        if self._core is not None:
+            return self._native_explain([image], self.check_class_index(class_index, 1), groups)[0]
         tensor, geometry = preprocess(self._decode(image), self.bundle.input)
         source = str(image) if isinstance(image, (str, Path)) else None
         return self._run(tensor[None], [geometry], self.check_class_index(class_index, 1), [source], groups)[0]
@@ -186,6 +234,8 @@ class Explainer:
         if isinstance(images, np.ndarray) and images.ndim == 4:
             batch = self._check_batch(images)
             count = len(batch)
+            if self._core is not None:
+                return self._core.explain_floats(batch, self.check_class_index(class_index, count), groups)
             return self._run(batch, [None] * count, self.check_class_index(class_index, count), [None] * count,
                              groups)
         if not isinstance(images, (list, tuple)):
@@ -196,6 +246,8 @@ class Explainer:
         if not images:
             return []
         classes = self.check_class_index(class_index, len(images))
+        if self._core is not None:
+            return self._native_explain(images, classes, groups)
         loaded = [self._decode(item) for item in images]
         tensors, geometries = zip(*(preprocess(image, self.bundle.input) for image in loaded), strict=True)
         sources = [str(item) if isinstance(item, (str, Path)) else None for item in images]
@@ -232,6 +284,9 @@ class Explainer:
         """
         if groups:
             self.check_groups()
+        if self._core is not None and not with_images:
+            yield from self._native_files(paths, class_index, groups)
+            return
         pending: list[tuple[Path, np.ndarray, Geometry, Image.Image | None]] = []
         pixels = 0
         for path in map(Path, paths):
@@ -250,10 +305,68 @@ class Explainer:
         if pending:
             yield from self._explain_pending(pending, class_index, groups, with_images)
 
+    def _native_explain(self, images: Sequence[ImageInput], classes: np.ndarray, groups: bool) -> list[Explanation]:
+        """The core on mixed inputs: JPEG and PNG files decoded there, everything else by Pillow first."""
+        files = [i for i, item in enumerate(images) if isinstance(item, (str, Path)) and decodes_natively(item)]
+        others = [i for i in range(len(images)) if i not in set(files)]
+        arrays = [np.asarray(self._decode(images[i])) for i in others]  # refuses bad inputs as the numpy path
+        results: list = [None] * len(images)
+        if files:
+            found = self._core.explain_paths([Path(images[i]) for i in files], classes[files], groups)
+            for i, result in zip(files, found, strict=True):
+                if isinstance(result, TextcamError):
+                    raise result
+                results[i] = result
+        if others:
+            sources = [str(images[i]) if isinstance(images[i], (str, Path)) else None for i in others]
+            found = self._core.explain_arrays(arrays, classes[others], groups, sources)
+            for i, result in zip(others, found, strict=True):
+                results[i] = result
+        return results
+
+    def _native_files(self, paths: Iterable[str | Path], class_index, groups: bool) -> Iterator[tuple]:
+        chunk: list[Path] = []
+        for path in map(Path, paths):
+            chunk.append(path)
+            if len(chunk) == self.batch_size:
+                yield from self._native_chunk(chunk, class_index, groups)
+                chunk = []
+        if chunk:
+            yield from self._native_chunk(chunk, class_index, groups)
+
+    def _native_chunk(self, files: list[Path], class_index, groups: bool) -> Iterator[tuple]:
+        classes = self.check_class_index(class_index, len(files))
+        native = [i for i, path in enumerate(files) if decodes_natively(path)]
+        results: list = [None] * len(files)
+        for i, result in zip(native, self._core.explain_paths([files[i] for i in native], classes[native], groups),
+                             strict=True):
+            results[i] = result
+        decoded, arrays = [], []
+        for i, path in enumerate(files):
+            if results[i] is None:
+                try:
+                    arrays.append(np.asarray(load_image(path, self.max_pixels)))
+                    decoded.append(i)
+                except TextcamError as exc:
+                    results[i] = exc
+        if decoded:
+            found = self._core.explain_arrays(arrays, classes[decoded], groups, [str(files[i]) for i in decoded])
+            for i, result in zip(decoded, found, strict=True):
+                results[i] = result
+        yield from zip(files, results, strict=True)
+
     def _explain_pending(self, pending, class_index, groups=False, with_images=False):
         files, tensors, geometries, images = zip(*pending, strict=True)
         pending.clear()  # the caller's list: each image is freed once its item is consumed
         classes = self.check_class_index(class_index, len(files))
+        if self._core is not None:
+            arrays = [np.asarray(image) for image in images]
+            results = self._core.explain_arrays(arrays, classes, groups, [str(f) for f in files])
+            images = list(images)
+            for index, (path, result) in enumerate(zip(files, results, strict=True)):
+                image, images[index] = images[index], None
+                yield (path, result, image) if with_images else (path, result)
+            return
         results = self._run(np.stack(tensors), list(geometries), classes, [str(f) for f in files], groups)
         del tensors
         images = list(images)
@@ -365,6 +478,8 @@ class Explainer:
         (``.passed``, ``.table()``). A bundle without a self-test raises TextcamError."""
         from textcam.runtime.selftest import run_selftest
 
+        if self._core is not None:
+            return self._core.selftest(self.bundle.path, self.backend)
         return run_selftest(self.bundle, explainer=self)
 
 

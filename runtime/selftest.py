@@ -508,6 +508,12 @@ def run_selftest(bundle: Bundle | str | Path, backend: str = "onnxruntime",
     data = read_selftest(bundle)
     own = explainer is None
     host = Explainer(bundle, backend=backend, backend_options=backend_options) if own else explainer
+    if host.native:  # the C++ core runs its own self-test end to end (textcam.runtime.native)
+        try:
+            return host.selftest()
+        finally:
+            if own:
+                host.close()
     try:
         if data.settings is not None and host.semantics is None:
             raise TextcamError(f"{bundle.path}: the self-test checks concepts but the host loaded no semantics")

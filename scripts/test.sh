@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Set up and run every test from a fresh machine (the README's test command; CI runs it):
+#   1. Debian packages the native build needs, when missing (as root; otherwise it says what to install)
+#   2. the virtual environment with textcam and its export/dev extras
+#   3. libtextcam (cpp/) and its GoogleTest suite, then again as a Debug build under ASan/UBSan
+#   4. the Python bindings (pip install ./native), so pytest holds the C++ core to the numpy path
+#   5. pytest (arguments are passed on: scripts/test.sh -k native)
+# TEXTCAM_VENV names the environment (default .venv); TEXTCAM_SKIP_NATIVE=1 skips steps 1, 3 and 4.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${TEXTCAM_VENV:-.venv}
+jobs=$(nproc 2>/dev/null || echo 2)
+
+if [ "${TEXTCAM_SKIP_NATIVE:-0}" != "1" ]; then
+    packages=(cmake g++ ninja-build pkg-config nlohmann-json3-dev libgtest-dev libturbojpeg0-dev libpng-dev libssl-dev)
+    missing=()
+    for package in "${packages[@]}"; do
+        dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" -ne 0 ]; then
+            echo "scripts/test.sh: the native build needs: sudo apt-get install -y ${missing[*]}" >&2
+            exit 1
+        fi
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+fi
+
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+"$venv/bin/python" -m pip install --quiet -e '.[export,dev]'
+
+if [ "${TEXTCAM_SKIP_NATIVE:-0}" != "1" ]; then
+    python=$(cd "$(dirname "$venv/bin/python")" && pwd)/python
+    cmake -S cpp -B build/cpp -G Ninja -DPython3_EXECUTABLE="$python" >/dev/null
+    cmake --build build/cpp -j "$jobs"
+    ctest --test-dir build/cpp --output-on-failure -j "$jobs"
+    headers=$(pwd)/build/cpp/_deps/onnxruntime/include/onnxruntime
+    cmake -S cpp -B build/cpp-sanitize -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTEXTCAM_SANITIZE=ON \
+        -DTEXTCAM_ONNXRUNTIME_INCLUDE_DIR="$headers" -DPython3_EXECUTABLE="$python" >/dev/null
+    cmake --build build/cpp-sanitize -j "$jobs"
+    ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+        ctest --test-dir build/cpp-sanitize --output-on-failure -j "$jobs"
+    "$venv/bin/python" -m pip install --quiet ./native \
+        --config-settings=cmake.define.TEXTCAM_ONNXRUNTIME_INCLUDE_DIR="$headers"
+    export TEXTCAM_REQUIRE_NATIVE=1  # the native tests fail, not skip, if the core did not install
+fi
+
+"$venv/bin/python" -m pytest "$@"
