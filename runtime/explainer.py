@@ -14,6 +14,7 @@ from textcam.runtime import concepts
 from textcam.runtime.backends import ONNXRUNTIME_BACKENDS, check_backend, create_runner
 from textcam.runtime.backends.base import GraphRunner
 from textcam.runtime.bundle import Bundle
+from textcam.runtime.bundle_files import read_manifest
 from textcam.runtime.concepts import ConceptSettings
 from textcam.runtime.explanation import Concept, Explanation, softmax
 from textcam.runtime.heatmap import map_to_original
@@ -140,6 +141,13 @@ class Explainer:
         if native not in (None, True, False):
             raise TextcamError(f"native={native!r}: expected True, False or None (use the core when installed)")
         module = None if native is False else native_module(force=bool(native))
+        if module is not None and not self._bundle_on_disk():
+            # a Bundle seen through a manifest not (yet) on disk, or with a graph of the caller's own:
+            # the core reads the directory, so it would explain another bundle
+            if native:
+                raise TextcamError(f"native=True: {self.bundle.path} is not the bundle on disk (a staged manifest "
+                                   "or another graph); open it by path")
+            module = None
         if native and module is None:
             raise TextcamError("native=True: the native core is not installed; pip install ./native "
                                "(docs/native.md)")
@@ -150,6 +158,14 @@ class Explainer:
         settings = {name: getattr(self.concept_settings, name) for name in ConceptSettings.__dataclass_fields__}
         return NativeCore(module, self.bundle.path, backend, options, settings, self.batch_size, self.max_pixels,
                           use_fused)
+
+    def _bundle_on_disk(self) -> bool:
+        if self.bundle.graph_file is not None:
+            return False
+        try:
+            return read_manifest(self.bundle.path) == self.bundle.info
+        except TextcamError:
+            return False
 
     @property
     def native(self) -> bool:

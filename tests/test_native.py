@@ -458,3 +458,13 @@ def test_missing_onnxruntime_library_is_named(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "no libonnxruntime could be loaded" in out.stdout and "no.so" in out.stdout, out.stdout + out.stderr
     assert "1.21" in out.stdout
+
+
+def test_environment_switch_and_native_argument(monkeypatch):
+    monkeypatch.delenv("TEXTCAM_NATIVE", raising=False)
+    with Explainer(DEFAULT_BUNDLE) as default, Explainer(DEFAULT_BUNDLE, native=False) as numpy_path:
+        assert default.native and not numpy_path.native
+    monkeypatch.setenv("TEXTCAM_NATIVE", "0")
+    with Explainer(DEFAULT_BUNDLE) as switched_off, Explainer(DEFAULT_BUNDLE, native=True) as asked:
+        assert not switched_off.native and asked.native
+    assert _python_error(lambda: Explainer(DEFAULT_BUNDLE, native="yes")).startswith("native='yes'")

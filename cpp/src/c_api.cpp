@@ -85,6 +85,8 @@ bool set_option(textcam::Options& o, const std::string& k, const std::string& v)
     o.backend = v;
   } else if (k == "onnxruntime_library") {
     o.onnxruntime_library = v;
+  } else if (k == "tensorrt_precision") {
+    o.tensorrt_precision = v;
   } else if (k == "beta") {
     c.beta = v;
   } else if (k == "intra_op_threads") {

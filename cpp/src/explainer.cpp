@@ -318,8 +318,7 @@ std::vector<Group> Pipeline::split(const Outputs& outputs, size_t row, const Sel
     group.saliency_height = h;
     group.saliency_width = w;
     group.saliency = part.saliency;
-    std::vector<double> saliency(part.saliency.begin(), part.saliency.end());
-    auto heat = finish_map(saliency, h, w, info.input.height, info.input.width);
+    auto heat = finish_map(part.saliency_f64, h, w, info.input.height, info.input.width);
     group.heatmap = geometry ? map_to_original(heat.data(), info.input.height, info.input.width, *geometry)
                              : std::move(heat);
     groups.push_back(std::move(group));

@@ -945,6 +945,9 @@ EngineEntry read_engine(const OJson& item, const std::string& where) {
   entry.opt_batch = clamp_int(opt);
   entry.max_batch = clamp_int(high);
   entry.concurrency = clamp_int(concurrency);
+  if (item.contains("model_sha256") && item.at("model_sha256").is_string()) {
+    entry.model_sha256 = item.at("model_sha256").get<std::string>();
+  }
   return entry;
 }
 

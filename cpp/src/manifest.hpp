@@ -78,6 +78,7 @@ struct EngineEntry {
   std::string compute_capability;
   int min_batch = 1, opt_batch = 1, max_batch = 1;
   int concurrency = 1;
+  std::optional<std::string> model_sha256;  // the model.onnx it was built from (absent: not recorded)
 };
 
 struct Manifest {

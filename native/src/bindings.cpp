@@ -156,7 +156,7 @@ NB_MODULE(textcam_native, m) {
           "__init__",
           [](textcam::Explainer* self, const std::string& bundle, const std::string& backend, int intra_op_threads,
              bool allow_spinning, const std::string& onnxruntime_library, int batch_size, int64_t max_pixels,
-             bool use_fused, bool verify_checksums, const nb::dict& concepts) {
+             bool use_fused, bool verify_checksums, const nb::dict& concepts, const std::string& tensorrt_precision) {
             textcam::Options options;
             options.backend = backend;
             options.intra_op_threads = intra_op_threads;
@@ -167,12 +167,14 @@ NB_MODULE(textcam_native, m) {
             options.use_fused = use_fused;
             options.verify_checksums = verify_checksums;
             options.concepts = concept_options(concepts);
+            options.tensorrt_precision = tensorrt_precision;
             nb::gil_scoped_release released;
             new (self) textcam::Explainer(bundle, options);
           },
           "bundle"_a, "backend"_a = "onnxruntime", "intra_op_threads"_a = 0, "allow_spinning"_a = true,
           "onnxruntime_library"_a = "", "batch_size"_a = 16, "max_pixels"_a = 72000000, "use_fused"_a = true,
-          "verify_checksums"_a = true, "concepts"_a = nb::dict())
+          "verify_checksums"_a = true, "concepts"_a = nb::dict(),
+          "tensorrt_precision"_a = "")
       .def(
           "explain_files",
           [](const textcam::Explainer& self, const std::vector<std::string>& paths, const std::vector<int64_t>& classes,

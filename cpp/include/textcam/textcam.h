@@ -43,7 +43,7 @@ const char* textcam_version(void);
 const char* textcam_last_error(void);
 
 /* Options, set by key as text: "backend", "intra_op_threads", "allow_spinning" (true/false),
- * "onnxruntime_library", "batch_size", "max_pixels", "use_fused", "verify_checksums", and the
+ * "onnxruntime_library", "tensorrt_precision", "batch_size", "max_pixels", "use_fused", "verify_checksums", and the
  * concept settings "top_k", "candidates", "l1", "l2", "steps", "beta", "group_channels", "center". */
 TextcamStatus textcam_options_create(TextcamOptions** out);
 TextcamStatus textcam_options_set(TextcamOptions* options, const char* key, const char* value);

@@ -48,6 +48,7 @@ struct Options {
   int intra_op_threads = 0;      // 0: ONNX Runtime's default
   bool allow_spinning = true;    // false: idle ORT threads do not busy-wait
   std::string onnxruntime_library;  // libonnxruntime.so to load; empty: see docs (search order)
+  std::string tensorrt_precision;   // backend "tensorrt": fp32, fp16 or bf16 engine; empty: the best built
   int batch_size = 16;           // images per graph call, 1..4096
   int64_t max_pixels = 72000000; // largest image decoded (width * height)
   bool use_fused = true;         // use the bundle's fused ranking graph when it ranks as asked
