@@ -11,7 +11,7 @@ from PIL import Image
 
 from textcam.errors import TextcamError
 from textcam.runtime import concepts
-from textcam.runtime.backends import ONNXRUNTIME_BACKENDS, check_backend, create_runner
+from textcam.runtime.backends import ONNXRUNTIME_BACKENDS, check_backend, check_options, create_runner
 from textcam.runtime.backends.base import GraphRunner
 from textcam.runtime.bundle import Bundle
 from textcam.runtime.bundle_files import read_manifest
@@ -140,7 +140,14 @@ class Explainer:
     def _native_core(self, native: bool | None, backend: str, options: dict, use_fused: bool) -> NativeCore | None:
         if native not in (None, True, False):
             raise TextcamError(f"native={native!r}: expected True, False or None (use the core when installed)")
+        check_options(backend, options)  # the same one-line errors whichever path runs
         module = None if native is False else native_module(force=bool(native))
+        if module is not None and options.get("providers") is not None:
+            # an explicit provider list is the Python runner's (the core picks providers by backend)
+            if native:
+                raise TextcamError("native=True: the native core chooses its execution providers by backend; "
+                                   "drop backend_options['providers'] or pass native=False")
+            module = None
         if module is not None and not self._bundle_on_disk():
             # a Bundle seen through a manifest not (yet) on disk, or with a graph of the caller's own:
             # the core reads the directory, so it would explain another bundle

@@ -68,11 +68,9 @@ class NativeCore:
 
     def __init__(self, module: ModuleType, bundle_path: Path, backend: str, options: dict, settings: dict,
                  batch_size: int, max_pixels: int, use_fused: bool):
-        unknown = [k for k in options if k not in ("intra_op_threads", "allow_spinning", "providers")]
-        if unknown or options.get("providers"):
-            raise TextcamError(f"backend_options {unknown or ['providers']}: the native core takes intra_op_threads "
-                               "and allow_spinning; pass native=False for the others")
         threads = options.get("intra_op_threads")
+        if threads is not None and threads < 1:  # as the Python runner says it
+            raise TextcamError(f"intra_op_threads={threads}: expected a positive number")
         self.core = module.Explainer(
             str(bundle_path), backend=backend, intra_op_threads=int(threads or 0),
             allow_spinning=bool(options.get("allow_spinning", True)), onnxruntime_library=onnxruntime_library(),

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "os_error.hpp"
 #include "path_text.hpp"
 #include "sha256.hpp"
 #include "textcam/textcam.hpp"
@@ -20,12 +21,18 @@ namespace textcam::detail {
 
 const char* file_kind_name(FileKind kind) {
   switch (kind) {
-    case FileKind::kModel: return "model";
-    case FileKind::kSemantics: return "semantics";
-    case FileKind::kFusedGraph: return "fused_graph";
-    case FileKind::kEngine: return "engine";
-    case FileKind::kEngineOnnx: return "engine_onnx";
-    case FileKind::kSelftest: return "selftest";
+    case FileKind::kModel:
+      return "model";
+    case FileKind::kSemantics:
+      return "semantics";
+    case FileKind::kFusedGraph:
+      return "fused_graph";
+    case FileKind::kEngine:
+      return "engine";
+    case FileKind::kEngineOnnx:
+      return "engine_onnx";
+    case FileKind::kSelftest:
+      return "selftest";
   }
   return "file";
 }
@@ -34,24 +41,34 @@ namespace {
 
 const char* kind_hint(FileKind kind) {
   switch (kind) {
-    case FileKind::kModel: return "re-run `textcam export`";
-    case FileKind::kSemantics: return "re-run `textcam semantics`";
-    case FileKind::kFusedGraph: return "re-run `textcam semantics`";
-    case FileKind::kSelftest: return "re-run `textcam export` (or `textcam semantics`)";
-    case FileKind::kEngine: return "rebuild it with `textcam build-engine`";
-    case FileKind::kEngineOnnx: return "rebuild it with `textcam build-engine`";
+    case FileKind::kModel:
+      return "re-run `textcam export`";
+    case FileKind::kSemantics:
+    case FileKind::kFusedGraph:
+      return "re-run `textcam semantics`";
+    case FileKind::kSelftest:
+      return "re-run `textcam export` (or `textcam semantics`)";
+    case FileKind::kEngine:
+    case FileKind::kEngineOnnx:
+      return "rebuild it with `textcam build-engine`";
   }
   return "";
 }
 
 const char* kind_what(FileKind kind) {
   switch (kind) {
-    case FileKind::kModel: return "graph";
-    case FileKind::kSemantics: return "semantics store";
-    case FileKind::kFusedGraph: return "fused ranking graph";
-    case FileKind::kSelftest: return "self-test data";
-    case FileKind::kEngine: return "TensorRT engine";
-    case FileKind::kEngineOnnx: return "engine's reduced graph";
+    case FileKind::kModel:
+      return "graph";
+    case FileKind::kSemantics:
+      return "semantics store";
+    case FileKind::kFusedGraph:
+      return "fused ranking graph";
+    case FileKind::kSelftest:
+      return "self-test data";
+    case FileKind::kEngine:
+      return "TensorRT engine";
+    case FileKind::kEngineOnnx:
+      return "engine's reduced graph";
   }
   return "file";
 }
@@ -197,7 +214,7 @@ std::string Bundle::file(const FileRef& ref, FileKind kind, const std::string& h
   }
   const std::string what = kind_what(kind);
   const std::string advice = hint.empty() ? kind_hint(kind) : hint;
-  const std::string path = join_path(path_, ref.file);
+  std::string path = join_path(path_, ref.file);  // not const: returned by move
   const std::string root = python_realpath(path_);
   const std::string real = python_realpath(path);
   if (pcommonpath(root, real) != root || real == root) {
@@ -207,14 +224,14 @@ std::string Bundle::file(const FileRef& ref, FileKind kind, const std::string& h
   if (::stat(real.c_str(), &info) != 0) {
     const int code = errno;
     if (code == ENOENT) throw Error(path + ": the " + what + " named in the manifest is missing; " + advice);
-    throw Error(path + ": cannot read the " + what + " (" + std::strerror(code) + ")");
+    throw Error(path + ": cannot read the " + what + " (" + errno_text(code) + ")");
   }
   if (!S_ISREG(info.st_mode)) throw Error(path + ": the " + what + " is not a regular file; " + advice);
   const int64_t cap = file_cap(kind);
   const int64_t size = static_cast<int64_t>(info.st_size);
   if (size > cap || (ref.size_bytes && size != *ref.size_bytes)) {
-    const std::string said = ref.size_bytes ? "the manifest says " + with_commas(*ref.size_bytes)
-                                            : "the limit is " + with_commas(cap);
+    const std::string said =
+        ref.size_bytes ? "the manifest says " + with_commas(*ref.size_bytes) : "the limit is " + with_commas(cap);
     throw Error(path + ": " + with_commas(size) + " bytes, " + said + " (truncated or replaced); " + advice);
   }
   if (sha256_file(real, size) != ref.sha256) {

@@ -151,8 +151,7 @@ TextcamStatus textcam_options_set(TextcamOptions* options, const char* key, cons
 
 void textcam_options_destroy(TextcamOptions* options) { delete options; }
 
-TextcamStatus textcam_explainer_create(const char* bundle_dir, const TextcamOptions* options,
-                                       TextcamExplainer** out) {
+TextcamStatus textcam_explainer_create(const char* bundle_dir, const TextcamOptions* options, TextcamExplainer** out) {
   if (bundle_dir == nullptr || out == nullptr) {
     return fail(TEXTCAM_ERROR_INVALID_ARGUMENT, "textcam_explainer_create: bundle_dir and out must not be NULL");
   }

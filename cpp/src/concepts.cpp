@@ -61,9 +61,10 @@ void dots_f32(const float* x, const float* const* ys, int n, float* out) {
   int i = 0;
   for (; n - i >= 16; i += 16) {
     for (int u = 3; u >= 0; --u) {
-      const F4 xv = load4(x + i + 4 * u);
+      const int at = i + 4 * u;
+      const F4 xv = load4(x + at);
       for (int r = 0; r < R; ++r) {
-        const F4 p = xv * load4(ys[r] + i + 4 * u);
+        const F4 p = xv * load4(ys[r] + at);
         acc[r] = p + acc[r];
       }
     }
@@ -107,9 +108,10 @@ void dots_f64(const double* const* xs, const double* y, int n, double* out) {
   int i = 0;
   for (; n - i >= 8; i += 8) {
     for (int u = 3; u >= 0; --u) {
-      const D2 yv = load2(y + i + 2 * u);
+      const int at = i + 2 * u;
+      const D2 yv = load2(y + at);
       for (int r = 0; r < R; ++r) {
-        const D2 p = load2(xs[r] + i + 2 * u) * yv;
+        const D2 p = load2(xs[r] + at) * yv;
         acc[r] = p + acc[r];
       }
     }
@@ -212,7 +214,8 @@ std::string py_float_repr(double v) {
   } else if (nd <= exponent + 1) {
     out = digits + std::string(static_cast<size_t>(exponent + 1 - nd), '0') + ".0";
   } else {
-    out = digits.substr(0, static_cast<size_t>(exponent + 1)) + "." + digits.substr(static_cast<size_t>(exponent + 1));
+    const size_t point = static_cast<size_t>(exponent) + 1;  // exponent >= 0 here
+    out = digits.substr(0, point) + "." + digits.substr(point);
   }
   return sign + out;
 }
@@ -307,7 +310,8 @@ bool is_int(const json& v) { return v.is_number_integer(); }  // false for boole
 bool int_in(const json& v, int64_t low, int64_t high) {
   if (v.is_number_unsigned()) {
     const auto u = v.get<uint64_t>();
-    return low <= 0 ? u <= static_cast<uint64_t>(high) : (u >= static_cast<uint64_t>(low) && u <= static_cast<uint64_t>(high));
+    return low <= 0 ? u <= static_cast<uint64_t>(high)
+                    : (u >= static_cast<uint64_t>(low) && u <= static_cast<uint64_t>(high));
   }
   const auto s = v.get<int64_t>();
   return low <= s && s <= high;
@@ -359,9 +363,8 @@ void check_values(const json& values) {
 }
 
 json settings_json(const ConceptSettings& s) {
-  return json{{"beta", s.beta},   {"top_k", s.top_k}, {"candidates", s.candidates},
-              {"l1", s.l1},       {"l2", s.l2},       {"steps", s.steps},
-              {"group_channels", s.group_channels},   {"center", s.center}};
+  return json{{"beta", s.beta}, {"top_k", s.top_k}, {"candidates", s.candidates},         {"l1", s.l1},
+              {"l2", s.l2},     {"steps", s.steps}, {"group_channels", s.group_channels}, {"center", s.center}};
 }
 
 // ---- the selection ---------------------------------------------------------------------------
@@ -425,10 +428,10 @@ struct SolverWork {
 };
 
 // One row of select_diverse over `ids` (sorted by id); writes top rows of ids/scores/weights.
-void select_row(const float* q, const std::vector<float>& T, int dim, const float* full_row,
-                const int64_t* ids, int n, double l1, double l2, int steps, int top, const float* mean,
-                const std::vector<double>& momentum, SolverWork& w, int64_t* out_ids, float* out_scores,
-                double* out_weights, double* alpha_out, std::vector<float>& scores) {
+void select_row(const float* q, const std::vector<float>& T, int dim, const float* full_row, const int64_t* ids, int n,
+                double l1, double l2, int steps, int top, const float* mean, const std::vector<double>& momentum,
+                SolverWork& w, int64_t* out_ids, float* out_scores, double* out_weights, double* alpha_out,
+                std::vector<float>& scores) {
   const size_t N = static_cast<size_t>(n), Dz = static_cast<size_t>(dim);
   scores.resize(N);
   for (size_t k = 0; k < N; ++k) {
@@ -572,18 +575,17 @@ Selection select_impl(const float* q, int batch, const std::vector<float>& T, in
   for (int r = 0; r < batch; ++r) {
     const int64_t* given = candidate_ids + static_cast<size_t>(r) * N;
     std::iota(canonical.begin(), canonical.end(), 0);
-    std::stable_sort(canonical.begin(), canonical.end(),
-                     [&](int a, int b) { return given[a] < given[b]; });
+    std::stable_sort(canonical.begin(), canonical.end(), [&](int a, int b) { return given[a] < given[b]; });
     for (size_t k = 0; k < N; ++k) ids[k] = given[canonical[k]];
     const float* qr = q + static_cast<size_t>(r) * static_cast<size_t>(dim);
     const float* full_row =
         full_scores == nullptr ? nullptr : full_scores->data() + static_cast<size_t>(r) * static_cast<size_t>(V);
-    select_row(qr, T, dim, full_row, ids.data(), n, l1, l2, steps, top, center ? mean.data() : nullptr,
-               momentum, work, out.ids.data() + static_cast<size_t>(r) * K,
-               out.scores.data() + static_cast<size_t>(r) * K, out.weights.data() + static_cast<size_t>(r) * K,
-               row_alpha.data(), scores);
+    select_row(qr, T, dim, full_row, ids.data(), n, l1, l2, steps, top, center ? mean.data() : nullptr, momentum, work,
+               out.ids.data() + static_cast<size_t>(r) * K, out.scores.data() + static_cast<size_t>(r) * K,
+               out.weights.data() + static_cast<size_t>(r) * K, row_alpha.data(), scores);
     if (alpha != nullptr) {
-      for (size_t k = 0; k < N; ++k) (*alpha)[static_cast<size_t>(r) * N + static_cast<size_t>(canonical[k])] = row_alpha[k];
+      for (size_t k = 0; k < N; ++k)
+        (*alpha)[static_cast<size_t>(r) * N + static_cast<size_t>(canonical[k])] = row_alpha[k];
     }
   }
   return out;
@@ -717,8 +719,12 @@ std::vector<float> aggregate(const float* weights, const float* activation, int 
     throw Error("concepts: channel embeddings hold " + std::to_string(S.size()) + " values, expected [" +
                 std::to_string(channels) + ", " + std::to_string(dim) + "]");
   }
+  const bool contribution = beta == "contribution";
+  if (contribution && activation == nullptr && batch > 0 && channels > 0) {
+    throw Error("concepts: beta contribution needs the channel activations");
+  }
   check_finite(weights, batch, channels, "channel weights (channel_weights)");
-  if (beta == "contribution") check_finite(activation, batch, channels, "channel activations (channel_activation)");
+  if (contribution) check_finite(activation, batch, channels, "channel activations (channel_activation)");
   std::vector<float> q(static_cast<size_t>(batch) * Dz, 0.0F);
   for (size_t r = 0; r < static_cast<size_t>(batch); ++r) {
     float* out = q.data() + r * Dz;
@@ -726,7 +732,7 @@ std::vector<float> aggregate(const float* weights, const float* activation, int 
     const float* ar = activation == nullptr ? nullptr : activation + r * Cz;
     for (size_t c = 0; c < Cz; ++c) {
       float value = wr[c];
-      if (beta == "contribution") {
+      if (contribution) {
         const float p = wr[c] * ar[c];
         value = p >= 0.0F ? p : 0.0F;
       }
@@ -737,7 +743,8 @@ std::vector<float> aggregate(const float* weights, const float* activation, int 
       }
     }
   }
-  check_finite(q.data(), batch, dim, "an evidence direction beta @ S that overflowed float32 (channel weights too large)");
+  check_finite(q.data(), batch, dim,
+               "an evidence direction beta @ S that overflowed float32 (channel weights too large)");
   std::vector<float> scratch;
   for (size_t r = 0; r < static_cast<size_t>(batch); ++r) {
     float* row = q.data() + r * Dz;
@@ -765,9 +772,9 @@ Ranking rank(const float* q, int batch, const std::vector<float>& T, int dim, in
   return rank_impl(cosines(q, batch, T, dim), batch, V, n, among, among_n);
 }
 
-Selection select_diverse(const float* q, int batch, const std::vector<float>& T, int dim,
-                         const int64_t* candidate_ids, int n, double l1, double l2, int steps, int top_k,
-                         bool center, const std::vector<float>& mean, std::vector<double>* alpha) {
+Selection select_diverse(const float* q, int batch, const std::vector<float>& T, int dim, const int64_t* candidate_ids,
+                         int n, double l1, double l2, int steps, int top_k, bool center, const std::vector<float>& mean,
+                         std::vector<double>* alpha) {
   return select_impl(q, batch, T, dim, candidate_ids, n, l1, l2, steps, top_k, center, mean, nullptr, alpha);
 }
 
@@ -779,8 +786,8 @@ Selection select_for_outputs(const float* weights, const float* activation, int 
   const std::vector<float> q = aggregate(weights, activation, batch, channels, S, dim, settings.beta);
   const std::vector<float> full = cosines(q.data(), batch, T, dim);
   const Ranking ranked = rank_impl(full, batch, V, settings.candidates, among, among_n);
-  return select_impl(q.data(), batch, T, dim, ranked.ids.data(), ranked.n, settings.l1, settings.l2,
-                     settings.steps, settings.top_k, settings.center, vocabulary_mean_in, &full, nullptr);
+  return select_impl(q.data(), batch, T, dim, ranked.ids.data(), ranked.n, settings.l1, settings.l2, settings.steps,
+                     settings.top_k, settings.center, vocabulary_mean_in, &full, nullptr);
 }
 
 // ---- channel groups --------------------------------------------------------------------------
@@ -789,9 +796,12 @@ void check_group_method(const std::string& method) {
   for (const char* m : kChannelWeightMethods) {
     if (method == m) return;
   }
-  throw Error("channel groups need a channel-weight CAM method (gradcam, gradcam++, xgradcam, cam), whose map is "
-              "sum_j w_j A_j; this bundle uses " + py_str_repr(method) + ", whose map does not split by channel: "
-              "re-export with --method gradcam (or another channel-weight method)");
+  throw Error(
+      "channel groups need a channel-weight CAM method (gradcam, gradcam++, xgradcam, cam), whose map is "
+      "sum_j w_j A_j; this bundle uses " +
+      py_str_repr(method) +
+      ", whose map does not split by channel: "
+      "re-export with --method gradcam (or another channel-weight method)");
 }
 
 namespace {
@@ -824,9 +834,8 @@ std::vector<double> weighted_sum(const std::vector<double>& w, const float* acti
 }  // namespace
 
 GroupSplit channel_groups_split(const float* weights_row, const float* activation_row, const float* activations,
-                                int channels, int h, int w, const std::vector<float>& S,
-                                const std::vector<float>& T, int dim, const std::vector<int64_t>& selected,
-                                int max_channels, double coverage) {
+                                int channels, int h, int w, const std::vector<float>& S, const std::vector<float>& T,
+                                int dim, const std::vector<int64_t>& selected, int max_channels, double coverage) {
   const size_t Cz = static_cast<size_t>(channels), Dz = static_cast<size_t>(dim);
   const size_t hw = static_cast<size_t>(h) * static_cast<size_t>(w);
   if (S.size() != Cz * Dz) {
@@ -861,7 +870,10 @@ GroupSplit channel_groups_split(const float* weights_row, const float* activatio
     size_t below = 0;  // np.searchsorted(cumsum, target, side="left")
     for (const int64_t c : order) {
       cumsum += contribution[static_cast<size_t>(c)];
-      if (cumsum < target) ++below; else break;
+      if (cumsum < target)
+        ++below;
+      else
+        break;
     }
     const int64_t needed = static_cast<int64_t>(below) + 1;
     int64_t stop = std::min<int64_t>(needed, max_channels);
@@ -920,10 +932,10 @@ GroupSplit channel_groups_split(const float* weights_row, const float* activatio
   return out;
 }
 
-std::vector<GroupResult> channel_groups(const float* weights_row, const float* activation_row,
-                                        const float* activations, int channels, int h, int w,
-                                        const std::vector<float>& S, const std::vector<float>& T, int dim,
-                                        const std::vector<int64_t>& selected, int max_channels) {
+std::vector<GroupResult> channel_groups(const float* weights_row, const float* activation_row, const float* activations,
+                                        int channels, int h, int w, const std::vector<float>& S,
+                                        const std::vector<float>& T, int dim, const std::vector<int64_t>& selected,
+                                        int max_channels) {
   return channel_groups_split(weights_row, activation_row, activations, channels, h, w, S, T, dim, selected,
                               max_channels)
       .groups;

@@ -53,16 +53,16 @@ struct GroupResult {
   int64_t phrase_id = 0;
   std::vector<int64_t> channels;
   double share = 0.0;
-  std::vector<float> saliency;  // [h, w]
+  std::vector<float> saliency;       // [h, w]
   std::vector<double> saliency_f64;  // [h, w]: the same sum before the float32 cast (finish_map's input)
 };
 
 // One image's map split by the selected phrases (runtime.concepts.channel_groups, without the map
 // finish): groups by share, largest first. activations: [C, h, w].
-std::vector<GroupResult> channel_groups(const float* weights_row, const float* activation_row,
-                                        const float* activations, int channels, int h, int w,
-                                        const std::vector<float>& S, const std::vector<float>& T, int dim,
-                                        const std::vector<int64_t>& selected, int max_channels);
+std::vector<GroupResult> channel_groups(const float* weights_row, const float* activation_row, const float* activations,
+                                        int channels, int h, int w, const std::vector<float>& S,
+                                        const std::vector<float>& T, int dim, const std::vector<int64_t>& selected,
+                                        int max_channels);
 
 // channel_groups with everything Python returns: the groups, and `rest` (float32 [h, w]: the
 // sum w_j A_j over the channels no group took), for a given coverage (Python's default 0.95).
@@ -71,9 +71,9 @@ struct GroupSplit {
   std::vector<float> rest;
 };
 GroupSplit channel_groups_split(const float* weights_row, const float* activation_row, const float* activations,
-                                int channels, int h, int w, const std::vector<float>& S,
-                                const std::vector<float>& T, int dim, const std::vector<int64_t>& selected,
-                                int max_channels, double coverage = 0.95);
+                                int channels, int h, int w, const std::vector<float>& S, const std::vector<float>& T,
+                                int dim, const std::vector<int64_t>& selected, int max_channels,
+                                double coverage = 0.95);
 
 // The steps of select_for_outputs, for tests and bindings (runtime.concepts functions of the same
 // names). q: [B, D] float32 unit rows; cosines: float32 [B, V].
@@ -88,15 +88,14 @@ struct Ranking {
   std::vector<float> scores;  // [rows, n]
 };
 // rank(q, T, n, among): n >= V means all; among [B, among_n] or nullptr.
-Ranking rank(const float* q, int batch, const std::vector<float>& T, int dim, int n, const int64_t* among,
-             int among_n);
+Ranking rank(const float* q, int batch, const std::vector<float>& T, int dim, int n, const int64_t* among, int among_n);
 
 // select_diverse(q, T, candidate_ids, l1, l2, steps, top_k, center): candidate_ids [B, n];
 // center: `mean` is used when `center` is true (empty: T's row mean computed here).
 // alpha (optional, [B, n]): the solver's weights in the order the candidates were given.
-Selection select_diverse(const float* q, int batch, const std::vector<float>& T, int dim,
-                         const int64_t* candidate_ids, int n, double l1, double l2, int steps, int top_k,
-                         bool center, const std::vector<float>& mean, std::vector<double>* alpha = nullptr);
+Selection select_diverse(const float* q, int batch, const std::vector<float>& T, int dim, const int64_t* candidate_ids,
+                         int n, double l1, double l2, int steps, int top_k, bool center, const std::vector<float>& mean,
+                         std::vector<double>* alpha = nullptr);
 
 // Refuses CAM methods whose map does not split by channel (the Python message).
 void check_group_method(const std::string& method);

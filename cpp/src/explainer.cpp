@@ -35,13 +35,15 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 std::string check_backend(const std::string& backend) {
   const bool known = std::find(std::begin(kBackends), std::end(kBackends), backend) != std::end(kBackends);
   if (!known) {
-    throw Error("backend '" + backend + "': unknown; choose one of onnxruntime, onnxruntime-cuda, "
+    throw Error("backend '" + backend +
+                "': unknown; choose one of onnxruntime, onnxruntime-cuda, "
                 "onnxruntime-tensorrt, tensorrt");
   }
 #ifndef TEXTCAM_WITH_TENSORRT
   if (backend == "tensorrt") {
-    throw Error("backend 'tensorrt': not available here (this libtextcam was built without TensorRT; rebuild with "
-                "-DTEXTCAM_WITH_TENSORRT=ON where TensorRT's headers are installed); available here: onnxruntime");
+    throw Error(
+        "backend 'tensorrt': not available here (this libtextcam was built without TensorRT; rebuild with "
+        "-DTEXTCAM_WITH_TENSORRT=ON where TensorRT's headers are installed); available here: onnxruntime");
   }
 #endif
   return backend;
@@ -135,7 +137,8 @@ void Pipeline::check_groups() const {
   }
   check_group_method(bundle->info().method);
   if (!bundle->info().graph.has_activations) {
-    throw Error(bundle->path() + ": channel groups need the layer's activation maps, which this graph does not "
+    throw Error(bundle->path() +
+                ": channel groups need the layer's activation maps, which this graph does not "
                 "output; re-export with with_activations=True (textcam export --with-activations)");
   }
 }
@@ -154,10 +157,16 @@ void Pipeline::check_outputs(const Outputs& outputs, int64_t batch) const {
   };
   for (const auto& [name, shape] : expected) {
     const auto found = outputs.find(name);
-    if (found == outputs.end()) throw Error(where + " returned no '" + name + "' output; re-export the bundle");
+    if (found == outputs.end()) {
+      std::string message = where;
+      message.append(" returned no '").append(name).append("' output; re-export the bundle");
+      throw Error(message);
+    }
     if (found->second.shape != shape) {
-      throw Error(where + " returned " + name + " of shape " + shape_text(found->second.shape) + ", expected " +
-                  shape_text(shape) + "; re-export the bundle");
+      std::string message = where;
+      message.append(" returned ").append(name).append(" of shape ").append(shape_text(found->second.shape));
+      message.append(", expected ").append(shape_text(shape)).append("; re-export the bundle");
+      throw Error(message);
     }
   }
   const Tensor& index = outputs.at("class_index");
@@ -229,8 +238,7 @@ std::vector<Explanation> Pipeline::run(const float* batch, const std::vector<con
   results.reserve(static_cast<size_t>(count));
   for (int64_t start = 0; start < count; start += options.batch_size) {
     const int64_t size = std::min<int64_t>(options.batch_size, count - start);
-    Outputs outputs = runner->run(batch + start * image_size, size, 3, height, width,
-                                  classes.data() + start);
+    Outputs outputs = runner->run(batch + start * image_size, size, 3, height, width, classes.data() + start);
     check_outputs(outputs, size);
     std::optional<Selection> selection;
     if (semantics) selection = select(outputs, size, settings);
@@ -253,7 +261,8 @@ std::vector<Explanation> Pipeline::run(const float* batch, const std::vector<con
       for (const float value : result.logits) top = std::max(top, static_cast<double>(value));
       double total = 0.0;
       for (const float value : result.logits) total += std::exp(static_cast<double>(value) - top);
-      result.score = std::exp(static_cast<double>(result.logits[static_cast<size_t>(result.class_index)]) - top) / total;
+      result.score =
+          std::exp(static_cast<double>(result.logits[static_cast<size_t>(result.class_index)]) - top) / total;
       const float* map = cam.data() + r * map_size;
       if (geometries[at] != nullptr) {
         result.heatmap = map_to_original(map, static_cast<int>(height), static_cast<int>(width), *geometries[at]);
@@ -291,7 +300,8 @@ std::vector<Group> Pipeline::split(const Outputs& outputs, size_t row, const Sel
                                    const Geometry* geometry) const {
   const auto found = outputs.find("activations");
   if (found == outputs.end()) {
-    throw Error(bundle->path() + ": the graph returned no activations; re-export with with_activations=True "
+    throw Error(bundle->path() +
+                ": the graph returned no activations; re-export with with_activations=True "
                 "(textcam export --with-activations)");
   }
   const auto& shape = found->second.shape;
@@ -302,11 +312,11 @@ std::vector<Group> Pipeline::split(const Outputs& outputs, size_t row, const Sel
   const auto k = static_cast<size_t>(selection.k);
   std::vector<int64_t> selected(selection.ids.begin() + static_cast<std::ptrdiff_t>(row * k),
                                 selection.ids.begin() + static_cast<std::ptrdiff_t>((row + 1) * k));
-  const auto parts = channel_groups(
-      outputs.at("channel_weights").floats.data() + row * static_cast<size_t>(channels),
-      outputs.at("channel_activation").floats.data() + row * static_cast<size_t>(channels),
-      found->second.floats.data() + row * per_row, channels, h, w, semantics->channel_semantics,
-      semantics->text_embeddings, semantics->dim, selected, settings.group_channels);
+  const auto parts =
+      channel_groups(outputs.at("channel_weights").floats.data() + row * static_cast<size_t>(channels),
+                     outputs.at("channel_activation").floats.data() + row * static_cast<size_t>(channels),
+                     found->second.floats.data() + row * per_row, channels, h, w, semantics->channel_semantics,
+                     semantics->text_embeddings, semantics->dim, selected, settings.group_channels);
   const Manifest& info = bundle->info();
   std::vector<Group> groups;
   for (const auto& part : parts) {
@@ -319,8 +329,8 @@ std::vector<Group> Pipeline::split(const Outputs& outputs, size_t row, const Sel
     group.saliency_width = w;
     group.saliency = part.saliency;
     auto heat = finish_map(part.saliency_f64, h, w, info.input.height, info.input.width);
-    group.heatmap = geometry ? map_to_original(heat.data(), info.input.height, info.input.width, *geometry)
-                             : std::move(heat);
+    group.heatmap =
+        geometry ? map_to_original(heat.data(), info.input.height, info.input.width, *geometry) : std::move(heat);
     groups.push_back(std::move(group));
   }
   return groups;
@@ -368,6 +378,7 @@ std::vector<Explanation> Explainer::explain_images(const std::vector<ImageView>&
     geometries[i] = detail::preprocess(rgb, input, batch.data() + i * image_size);
   }
   std::vector<const detail::Geometry*> pointers;
+  pointers.reserve(geometries.size());
   for (const auto& geometry : geometries) pointers.push_back(&geometry);
   return p.run(batch.data(), pointers, classes, std::vector<std::string>(images.size()), groups);
 }
@@ -404,6 +415,7 @@ std::vector<FileResult> Explainer::explain_files(const std::vector<std::string>&
     }
     if (kept.empty()) continue;
     std::vector<const detail::Geometry*> pointers;
+    pointers.reserve(geometries.size());
     for (const auto& geometry : geometries) pointers.push_back(&geometry);
     auto explained = p.run(batch.data(), pointers, kept_classes, sources, groups);
     for (size_t j = 0; j < kept.size(); ++j) results[kept[j]].explanation = std::move(explained[j]);
@@ -418,8 +430,8 @@ std::vector<Explanation> Explainer::explain_batch(const float* batch, int64_t co
   if (count < 0 || (count > 0 && batch == nullptr)) throw Error("batch: expected count >= 0 and a non-null buffer");
   const auto classes = p.check_class_index(class_index, static_cast<size_t>(count));
   const auto& input = p.bundle->info().input;
-  const size_t values = 3 * static_cast<size_t>(input.height) * static_cast<size_t>(input.width) *
-                        static_cast<size_t>(count);
+  const size_t values =
+      3 * static_cast<size_t>(input.height) * static_cast<size_t>(input.width) * static_cast<size_t>(count);
   std::vector<int64_t> bad;
   const size_t per_image = values / std::max<size_t>(1, static_cast<size_t>(count));
   for (int64_t i = 0; i < count; ++i) {
@@ -429,8 +441,8 @@ std::vector<Explanation> Explainer::explain_batch(const float* batch, int64_t co
   if (!bad.empty()) {
     std::ostringstream listed;
     for (size_t i = 0; i < std::min<size_t>(bad.size(), 5); ++i) listed << (i ? ", " : "") << bad[i];
-    throw Error("float batch holds NaN or Inf values (image " + listed.str() + (bad.size() > 5 ? " ..." : "") +
-                " of " + std::to_string(count) + "); the graph would return a meaningless label");
+    throw Error("float batch holds NaN or Inf values (image " + listed.str() + (bad.size() > 5 ? " ..." : "") + " of " +
+                std::to_string(count) + "); the graph would return a meaningless label");
   }
   return p.run(batch, std::vector<const detail::Geometry*>(static_cast<size_t>(count), nullptr), classes,
                std::vector<std::string>(static_cast<size_t>(count)), groups);

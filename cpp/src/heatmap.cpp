@@ -149,8 +149,7 @@ std::vector<float> map_to_original(const float* cam, int H, int W, const Geometr
   const int width = geometry.width, height = geometry.height;
   const auto& box = geometry.box;
   std::vector<float> full;
-  if (box[0] == 0.0 && box[1] == 0.0 && box[2] == static_cast<double>(width) &&
-      box[3] == static_cast<double>(height)) {
+  if (box[0] == 0.0 && box[1] == 0.0 && box[2] == static_cast<double>(width) && box[3] == static_cast<double>(height)) {
     full = resize_map(cam, H, W, height, width);
   } else {
     // centre crop: the map covers the box (edges rounded half up, at least one pixel), zero outside
@@ -167,8 +166,8 @@ std::vector<float> map_to_original(const float* cam, int H, int W, const Geometr
 }
 
 std::vector<float> finish_map(const std::vector<double>& saliency, int h, int w, int H, int W) {
-  std::vector<double> heat(saliency.begin(),
-                           saliency.begin() + static_cast<std::ptrdiff_t>(static_cast<size_t>(h) * static_cast<size_t>(w)));
+  std::vector<double> heat(saliency.begin(), saliency.begin() + static_cast<std::ptrdiff_t>(static_cast<size_t>(h) *
+                                                                                            static_cast<size_t>(w)));
   relu_normalize(heat);
   const LinearResize rows = linear_resize(h, H), cols = linear_resize(w, W);
   // rows first: [H, w], then columns: [H, W]

@@ -11,16 +11,17 @@
 #include <sys/stat.h>
 #include <turbojpeg.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
-#include <algorithm>
 #include <fstream>
 #include <limits>
 #include <memory>
 #include <utility>
 
+#include "os_error.hpp"
 #include "path_text.hpp"
 
 namespace textcam::detail {
@@ -96,7 +97,7 @@ std::vector<uint8_t> read_file(const std::string& path, const std::string& shown
   if (!in) {
     if (errno == EACCES) throw Error(shown + ": permission denied; make the file readable");
     if (errno == ENOENT) throw Error(shown + ": no such file");
-    throw Error(shown + ": cannot read the file (" + std::strerror(errno) + ")");
+    throw Error(shown + ": cannot read the file (" + errno_text(errno) + ")");
   }
   in.seekg(0, std::ios::end);
   const std::streamoff size = in.tellg();
@@ -124,9 +125,9 @@ bool pillow_reads_other_format(const std::vector<uint8_t>& d) {
   if (d.size() >= 2 && d[0] == 'P' && std::strchr("1234567fF", d[1]) != nullptr && d[1] != 0) return true;
   if (starts_with(d, "ftypavif", 4) || starts_with(d, "ftypavis", 4)) return true;
   if (starts_with(d, "icns") || starts_with(d, "8BPS") || starts_with(d, "qoif") || starts_with(d, "DDS ")) return true;
-  if (d.size() >= 4 && d[0] == 0 && d[1] == 0 && d[2] == 1 && d[3] == 0) return true;  // ICO
+  if (d.size() >= 4 && d[0] == 0 && d[1] == 0 && d[2] == 1 && d[3] == 0) return true;              // ICO
   if (d.size() >= 4 && d[0] == 0xFF && d[1] == 0x4F && d[2] == 0xFF && d[3] == 0x51) return true;  // J2K
-  if (starts_with(d, "jP  ", 4)) return true;  // JPEG 2000
+  if (starts_with(d, "jP  ", 4)) return true;                                                      // JPEG 2000
   return false;
 }
 
@@ -166,7 +167,8 @@ JpegMarkers scan_jpeg_markers(const std::vector<uint8_t>& d) {
     const uint8_t marker = d[pos++];
     pending_ff = false;
     if (marker >= 0xC0 && marker <= 0xFE) {
-      const bool no_segment = marker == 0xC8 || (marker >= 0xD0 && marker <= 0xD9) || (marker >= 0xF0 && marker <= 0xFD);
+      const bool no_segment =
+          marker == 0xC8 || (marker >= 0xD0 && marker <= 0xD9) || (marker >= 0xF0 && marker <= 0xFD);
       if (!no_segment) {
         if (size - pos < 2) {
           found.unreadable = true;  // struct.error reading the length
@@ -223,8 +225,8 @@ RgbImage decode_jpeg(const std::vector<uint8_t>& d, const std::string& shown, in
   const int channels = cmyk ? 4 : 3;
   const size_t count = static_cast<size_t>(width) * static_cast<size_t>(height);
   std::vector<uint8_t> raw(count * static_cast<size_t>(channels));
-  const int status = tjDecompress2(tj.handle, buffer, size, raw.data(), width, 0, height,
-                                   cmyk ? TJPF_CMYK : TJPF_RGB, 0);
+  const int status =
+      tjDecompress2(tj.handle, buffer, size, raw.data(), width, 0, height, cmyk ? TJPF_CMYK : TJPF_RGB, 0);
   if (status != 0) {
     const std::string message = tjGetErrorStr2(tj.handle);
     if (tjGetErrorCode(tj.handle) != TJERR_WARNING) decode_failure(shown, "OSError", message);
@@ -329,20 +331,20 @@ bool png_decode_core(PngState& s) {
 
   if (s.color_type == PNG_COLOR_TYPE_PALETTE) {
     // indices, expanded by Pillow's palette below (entries past PLTE are opaque black)
-    for (int i = 0; i < 256; ++i) s.palette[static_cast<size_t>(4 * i + 3)] = 255;
+    for (int i = 0; i < 256; ++i) s.palette[4 * static_cast<size_t>(i) + 3] = 255;
     png_colorp entries = nullptr;
     int count = 0;
     if (png_get_PLTE(s.png, s.info, &entries, &count) != 0) {
       for (int i = 0; i < count && i < 256; ++i) {
-        s.palette[static_cast<size_t>(4 * i + 0)] = entries[i].red;
-        s.palette[static_cast<size_t>(4 * i + 1)] = entries[i].green;
-        s.palette[static_cast<size_t>(4 * i + 2)] = entries[i].blue;
+        s.palette[4 * static_cast<size_t>(i) + 0] = entries[i].red;
+        s.palette[4 * static_cast<size_t>(i) + 1] = entries[i].green;
+        s.palette[4 * static_cast<size_t>(i) + 2] = entries[i].blue;
       }
     }
     png_bytep alphas = nullptr;
     int num_trans = 0;
     if (png_get_tRNS(s.png, s.info, &alphas, &num_trans, nullptr) != 0 && alphas != nullptr) {
-      for (int i = 0; i < num_trans && i < 256; ++i) s.palette[static_cast<size_t>(4 * i + 3)] = alphas[i];
+      for (int i = 0; i < num_trans && i < 256; ++i) s.palette[4 * static_cast<size_t>(i) + 3] = alphas[i];
     }
     if (s.bit_depth < 8) png_set_packing(s.png);
   } else if (s.bit_depth < 8) {
@@ -381,7 +383,7 @@ RgbImage decode_png(const std::vector<uint8_t>& d, const std::string& shown, int
   s.data = &d;
   s.shown = shown;
   s.max_pixels = max_pixels;
-  s.palette.assign(256 * 4, 0);
+  s.palette.assign(size_t{256} * 4, 0);
   s.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &s, png_error_handler, png_warning_handler);
   if (s.png == nullptr) throw Error(shown + ": not enough memory to decode it; downscale it or lower max_pixels");
   s.info = png_create_info_struct(s.png);
@@ -403,7 +405,8 @@ RgbImage decode_png(const std::vector<uint8_t>& d, const std::string& shown, int
   if (!ok) {
     // Pillow's words: a short file, else zlib's or the chunk structure's complaint
     const bool truncated = s.message.find("truncated") != std::string::npos;
-    decode_failure(shown, "OSError", truncated ? "image file is truncated" : "broken data stream when reading image file");
+    decode_failure(shown, "OSError",
+                   truncated ? "image file is truncated" : "broken data stream when reading image file");
   }
   const auto exif = find_png_exif(d);
   *orientation = exif.first != nullptr ? exif_orientation(exif.first, exif.second) : 1;
@@ -419,7 +422,8 @@ RgbImage decode_png(const std::vector<uint8_t>& d, const std::string& shown, int
     unsigned top_value = 0;
     for (png_uint_32 y = 0; y < s.height; ++y) {
       const uint8_t* row = s.rows[y];
-      for (size_t x = 0; x < w; ++x) top_value = std::max(top_value, static_cast<unsigned>((row[2 * x] << 8) | row[2 * x + 1]));
+      for (size_t x = 0; x < w; ++x)
+        top_value = std::max(top_value, static_cast<unsigned>((row[2 * x] << 8) | row[2 * x + 1]));
     }
     const double top = top_value > 255 ? 65535.0 : 255.0;
     for (png_uint_32 y = 0; y < s.height; ++y) {
@@ -520,8 +524,8 @@ int exif_orientation(const uint8_t* data, size_t size) {
       case 1:  // BYTE
         value = entry[8];
         break;
-      case 6:  // SBYTE
-        value = static_cast<int8_t>(entry[8]);
+      case 6:                                                // SBYTE
+        value = entry[8] < 128 ? entry[8] : entry[8] - 256;  // the byte as a two's complement int8
         break;
       case 3:  // SHORT
         value = static_cast<int>(read_u16(entry + 8, little));
@@ -529,8 +533,8 @@ int exif_orientation(const uint8_t* data, size_t size) {
       case 8:  // SSHORT
         value = static_cast<int16_t>(read_u16(entry + 8, little));
         break;
-      case 4:  // LONG
-      case 9:  // SLONG
+      case 4:     // LONG
+      case 9:     // SLONG
       case 13: {  // IFD
         const uint32_t v = read_u32(entry + 8, little);
         value = v <= 8 ? static_cast<int>(v) : 1;
@@ -554,13 +558,34 @@ RgbImage upright(RgbImage image, int orientation) {
     for (size_t x = 0; x < out_w; ++x) {
       size_t sx = 0, sy = 0;  // source column and row
       switch (orientation) {
-        case 2: sx = W - 1 - x; sy = y; break;                  // FLIP_LEFT_RIGHT
-        case 3: sx = W - 1 - x; sy = H - 1 - y; break;          // ROTATE_180
-        case 4: sx = x; sy = H - 1 - y; break;                  // FLIP_TOP_BOTTOM
-        case 5: sx = y; sy = x; break;                          // TRANSPOSE
-        case 6: sx = y; sy = H - 1 - x; break;                  // ROTATE_270 (90 clockwise)
-        case 7: sx = W - 1 - y; sy = H - 1 - x; break;          // TRANSVERSE
-        default: sx = W - 1 - y; sy = x; break;                 // 8: ROTATE_90 (counter-clockwise)
+        case 2:
+          sx = W - 1 - x;
+          sy = y;
+          break;  // FLIP_LEFT_RIGHT
+        case 3:
+          sx = W - 1 - x;
+          sy = H - 1 - y;
+          break;  // ROTATE_180
+        case 4:
+          sx = x;
+          sy = H - 1 - y;
+          break;  // FLIP_TOP_BOTTOM
+        case 5:
+          sx = y;
+          sy = x;
+          break;  // TRANSPOSE
+        case 6:
+          sx = y;
+          sy = H - 1 - x;
+          break;  // ROTATE_270 (90 clockwise)
+        case 7:
+          sx = W - 1 - y;
+          sy = H - 1 - x;
+          break;  // TRANSVERSE
+        default:
+          sx = W - 1 - y;
+          sy = x;
+          break;  // 8: ROTATE_90 (counter-clockwise)
       }
       const uint8_t* src = image.pixels.data() + (sy * W + sx) * 3;
       uint8_t* dst = out.data() + (y * out_w + x) * 3;
@@ -588,7 +613,7 @@ RgbImage load_image(const std::string& path, int64_t max_pixels) {
   if (::stat(path.c_str(), &info) != 0) {
     if (errno == ENOENT || errno == ENOTDIR) throw Error(shown + ": no such file");
     if (errno == EACCES) throw Error(shown + ": permission denied; make the file readable");
-    throw Error(shown + ": cannot read the file (" + std::strerror(errno) + ")");
+    throw Error(shown + ": cannot read the file (" + errno_text(errno) + ")");
   }
   if (info.st_size == 0) throw Error(shown + ": empty file");
   if (S_ISDIR(info.st_mode)) throw Error(shown + ": is a directory");
@@ -603,7 +628,8 @@ RgbImage load_image(const std::string& path, int64_t max_pixels) {
   } else if (data.size() >= 8 && std::memcmp(data.data(), "\x89PNG\r\n\x1a\n", 8) == 0) {
     image = decode_png(data, shown, max_pixels, &orientation);
   } else if (pillow_reads_other_format(data)) {
-    throw Error(shown + ": image format not supported by the native core (JPEG and PNG only); convert it or use "
+    throw Error(shown +
+                ": image format not supported by the native core (JPEG and PNG only); convert it or use "
                 "the Python runtime");
   } else {
     throw Error(shown + ": not an image (or a format Pillow cannot read)");

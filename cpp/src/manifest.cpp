@@ -14,7 +14,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -22,6 +21,7 @@
 #include <set>
 #include <utility>
 
+#include "os_error.hpp"
 #include "path_text.hpp"
 #include "textcam/textcam.hpp"
 
@@ -31,12 +31,15 @@ using OJson = nlohmann::ordered_json;
 
 int64_t file_cap(FileKind kind) {
   switch (kind) {
-    case FileKind::kModel: return int64_t{1} << 36;
-    case FileKind::kSemantics: return int64_t{1} << 30;
-    case FileKind::kFusedGraph: return int64_t{1} << 36;
-    case FileKind::kEngine: return int64_t{1} << 36;
-    case FileKind::kEngineOnnx: return int64_t{1} << 36;
-    case FileKind::kSelftest: return int64_t{1} << 28;
+    case FileKind::kModel:
+    case FileKind::kFusedGraph:
+    case FileKind::kEngine:
+    case FileKind::kEngineOnnx:
+      return int64_t{1} << 36;
+    case FileKind::kSemantics:
+      return int64_t{1} << 30;
+    case FileKind::kSelftest:
+      return int64_t{1} << 28;
   }
   return 0;
 }
@@ -54,10 +57,9 @@ std::string hex_byte(unsigned value) {
 }
 
 std::string decode_error(const std::string& bytes, size_t start, size_t end, const char* reason) {
-  std::string where = end == start + 1
-                          ? "byte " + hex_byte(static_cast<unsigned char>(bytes[start])) + " in position " +
-                                std::to_string(start)
-                          : "bytes in position " + std::to_string(start) + "-" + std::to_string(end - 1);
+  std::string where = end == start + 1 ? "byte " + hex_byte(static_cast<unsigned char>(bytes[start])) +
+                                             " in position " + std::to_string(start)
+                                       : "bytes in position " + std::to_string(start) + "-" + std::to_string(end - 1);
   return "'utf-8' codec can't decode " + where + ": " + reason;
 }
 
@@ -113,8 +115,8 @@ std::u32string decode_utf8_strict(const std::string& bytes) {
       if (bad2(at(i + 1))) throw JsonError(decode_error(bytes, i, i + 1, "invalid continuation byte"));
       if (!is_cont(at(i + 2))) throw JsonError(decode_error(bytes, i, i + 2, "invalid continuation byte"));
       if (!is_cont(at(i + 3))) throw JsonError(decode_error(bytes, i, i + 3, "invalid continuation byte"));
-      out.push_back((char32_t{c} & 0x07U) << 18 | char32_t{at(i + 1) & 0x3FU} << 12 |
-                    char32_t{at(i + 2) & 0x3FU} << 6 | (at(i + 3) & 0x3FU));
+      out.push_back((char32_t{c} & 0x07U) << 18 | char32_t{at(i + 1) & 0x3FU} << 12 | char32_t{at(i + 2) & 0x3FU} << 6 |
+                    (at(i + 3) & 0x3FU));
       i += 4;
       continue;
     }
@@ -195,8 +197,8 @@ class PyJsonParser {
       }
     }
     const size_t column = last_newline == std::string::npos ? pos + 1 : pos - last_newline;
-    throw JsonError(message + ": line " + std::to_string(line) + " column " + std::to_string(column) +
-                    " (char " + std::to_string(pos) + ")");
+    throw JsonError(message + ": line " + std::to_string(line) + " column " + std::to_string(column) + " (char " +
+                    std::to_string(pos) + ")");
   }
 
   size_t skip_ws(size_t idx) const {
@@ -223,9 +225,12 @@ class PyJsonParser {
     if (idx >= s_.size()) fail("Expecting value", idx);
     const char32_t c = s_[idx];
     switch (c) {
-      case U'"': return OJson(scan_string(idx + 1, next));
-      case U'{': return parse_object(idx + 1, next, depth + 1);
-      case U'[': return parse_array(idx + 1, next, depth + 1);
+      case U'"':
+        return OJson(scan_string(idx + 1, next));
+      case U'{':
+        return parse_object(idx + 1, next, depth + 1);
+      case U'[':
+        return parse_array(idx + 1, next, depth + 1);
       case U'n':
         if (matches(idx, "null")) {
           next = idx + 4;
@@ -262,7 +267,8 @@ class PyJsonParser {
           return constant("-Infinity", -std::numeric_limits<double>::infinity());
         }
         break;
-      default: break;
+      default:
+        break;
     }
     return match_number(idx, next);
   }
@@ -351,15 +357,27 @@ class PyJsonParser {
       if (c != U'u') {
         end = next + 1;
         switch (c) {
-          case U'"': break;
-          case U'\\': break;
-          case U'/': break;
-          case U'b': c = U'\b'; break;
-          case U'f': c = U'\f'; break;
-          case U'n': c = U'\n'; break;
-          case U'r': c = U'\r'; break;
-          case U't': c = U'\t'; break;
-          default: c = 0;
+          case U'"':
+          case U'\\':
+          case U'/':
+            break;
+          case U'b':
+            c = U'\b';
+            break;
+          case U'f':
+            c = U'\f';
+            break;
+          case U'n':
+            c = U'\n';
+            break;
+          case U'r':
+            c = U'\r';
+            break;
+          case U't':
+            c = U'\t';
+            break;
+          default:
+            c = 0;
         }
         if (c == 0) fail("Invalid \\escape", end - 2);
       } else {
@@ -446,13 +464,13 @@ bool python_printable(char32_t c) {
   if (c < 0x20 || c == 0x7F) return false;
   if (c < 0x7F) return true;
   if (c <= 0xA0 || c == 0xAD) return false;
-  if (c == 0x1680 || (c >= 0x2000 && c <= 0x200F) || (c >= 0x2028 && c <= 0x202F) ||
-      (c >= 0x205F && c <= 0x206F) || c == 0x3000 || c == 0xFEFF || (c >= 0xFFF9 && c <= 0xFFFB)) {
+  if (c == 0x1680 || (c >= 0x2000 && c <= 0x200F) || (c >= 0x2028 && c <= 0x202F) || (c >= 0x205F && c <= 0x206F) ||
+      c == 0x3000 || c == 0xFEFF || (c >= 0xFFF9 && c <= 0xFFFB)) {
     return false;
   }
   if (c >= 0xD800 && c <= 0xF8FF) return false;  // surrogates, private use
-  if ((c & 0xFFFE) == 0xFFFE) return false;       // noncharacters
-  if (c >= 0xE0000) return false;                 // tags, private use planes
+  if ((c & 0xFFFE) == 0xFFFE) return false;      // noncharacters
+  if (c >= 0xE0000) return false;                // tags, private use planes
   return true;
 }
 
@@ -522,8 +540,8 @@ std::string python_float_repr(double value) {
     } else if (static_cast<size_t>(exponent) + 1 >= digits.size()) {
       out = digits + std::string(static_cast<size_t>(exponent) + 1 - digits.size(), '0') + ".0";
     } else {
-      out = digits.substr(0, static_cast<size_t>(exponent) + 1) + "." +
-            digits.substr(static_cast<size_t>(exponent) + 1);
+      out =
+          digits.substr(0, static_cast<size_t>(exponent) + 1) + "." + digits.substr(static_cast<size_t>(exponent) + 1);
     }
     // Python switches to exponent notation below 1e-4.
     if (exponent < -4) out.clear();
@@ -540,12 +558,18 @@ std::string python_float_repr(double value) {
 
 std::string python_repr(const OJson& value) {
   switch (value.type()) {
-    case OJson::value_t::null: return "None";
-    case OJson::value_t::boolean: return value.get<bool>() ? "True" : "False";
-    case OJson::value_t::number_integer: return std::to_string(value.get<int64_t>());
-    case OJson::value_t::number_unsigned: return std::to_string(value.get<uint64_t>());
-    case OJson::value_t::number_float: return python_float_repr(value.get<double>());
-    case OJson::value_t::string: return python_str_repr(value.get_ref<const std::string&>());
+    case OJson::value_t::null:
+      return "None";
+    case OJson::value_t::boolean:
+      return value.get<bool>() ? "True" : "False";
+    case OJson::value_t::number_integer:
+      return std::to_string(value.get<int64_t>());
+    case OJson::value_t::number_unsigned:
+      return std::to_string(value.get<uint64_t>());
+    case OJson::value_t::number_float:
+      return python_float_repr(value.get<double>());
+    case OJson::value_t::string:
+      return python_str_repr(value.get_ref<const std::string&>());
     case OJson::value_t::array: {
       std::string out = "[";
       bool first = true;
@@ -566,13 +590,12 @@ std::string python_repr(const OJson& value) {
       }
       return out + "}";
     }
-    default: return "<binary>";
+    default:
+      return "<binary>";
   }
 }
 
-std::string python_str(const OJson& value) {
-  return value.is_string() ? value.get<std::string>() : python_repr(value);
-}
+std::string python_str(const OJson& value) { return value.is_string() ? value.get<std::string>() : python_repr(value); }
 
 size_t python_len(const std::string& text) {
   size_t count = 0;
@@ -609,6 +632,7 @@ std::string join_list(const std::vector<std::string>& items, const std::string& 
 
 std::string repr_list(const std::vector<std::string>& items) {
   std::vector<std::string> quoted;
+  quoted.reserve(items.size());
   for (const auto& item : items) quoted.push_back(python_str_repr(item));
   return "[" + join_list(quoted, ", ") + "]";
 }
@@ -756,8 +780,7 @@ class Checker {
     return check_integer(*value, low, high, error_for(key));
   }
 
-  double number(const std::string& key, std::optional<double> fallback = std::nullopt,
-                bool positive = false) const {
+  double number(const std::string& key, std::optional<double> fallback = std::nullopt, bool positive = false) const {
     const OJson* value = find(key);
     if (value == nullptr) {
       if (!fallback) throw error("is missing", key);
@@ -820,15 +843,23 @@ FileRef read_file_ref(const Checker& check, FileKind kind, bool legacy = false) 
 
 std::string python_type_name(const OJson& value) {
   switch (value.type()) {
-    case OJson::value_t::null: return "NoneType";
-    case OJson::value_t::boolean: return "bool";
-    case OJson::value_t::number_float: return "float";
+    case OJson::value_t::null:
+      return "NoneType";
+    case OJson::value_t::boolean:
+      return "bool";
+    case OJson::value_t::number_float:
+      return "float";
     case OJson::value_t::number_integer:
-    case OJson::value_t::number_unsigned: return "int";
-    case OJson::value_t::string: return "str";
-    case OJson::value_t::array: return "list";
-    case OJson::value_t::object: return "dict";
-    default: return "object";
+    case OJson::value_t::number_unsigned:
+      return "int";
+    case OJson::value_t::string:
+      return "str";
+    case OJson::value_t::array:
+      return "list";
+    case OJson::value_t::object:
+      return "dict";
+    default:
+      return "object";
   }
 }
 
@@ -938,8 +969,8 @@ EngineEntry read_engine(const OJson& item, const std::string& where) {
   entry.tensorrt = python_str(item.at("tensorrt"));
   entry.compute_capability = python_str(item.at("compute_capability"));
   auto clamp_int = [](int64_t v) {
-    return static_cast<int>(std::max<int64_t>(std::numeric_limits<int>::min(),
-                                              std::min<int64_t>(std::numeric_limits<int>::max(), v)));
+    return static_cast<int>(
+        std::max<int64_t>(std::numeric_limits<int>::min(), std::min<int64_t>(std::numeric_limits<int>::max(), v)));
   };
   entry.min_batch = clamp_int(low);
   entry.opt_batch = clamp_int(opt);
@@ -1184,7 +1215,7 @@ nlohmann::ordered_json read_manifest_ordered(const std::string& bundle_dir) {
   }
   auto os_error = [&](int code) {
     if (code == ENOENT) return Error(path + ": missing; is " + bundle + " a bundle made by `textcam export`?");
-    return Error(path + ": cannot read it (" + std::strerror(code) + ")");
+    return Error(path + ": cannot read it (" + errno_text(code) + ")");
   };
   if (::stat(path.c_str(), &info) != 0) throw os_error(errno);
   if (!S_ISREG(info.st_mode)) throw Error(path + ": not a regular file; a bundle's manifest is a JSON file");

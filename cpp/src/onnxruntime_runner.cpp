@@ -33,6 +33,7 @@ Runtime* loaded = nullptr;  // loaded once per process, never unloaded (ORT does
 std::vector<std::string> candidate_libraries(const std::string& explicit_path) {
   if (!explicit_path.empty()) return {explicit_path};
   std::vector<std::string> candidates;
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): no thread-safe getenv exists; the library never calls setenv
   if (const char* env = std::getenv("TEXTCAM_ONNXRUNTIME_LIBRARY"); env != nullptr && *env != '\0') {
     return {env};
   }
@@ -57,6 +58,7 @@ Runtime& load_runtime(const std::string& explicit_path) {
   for (const auto& candidate : candidates) {
     void* handle = dlopen(candidate.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (handle == nullptr) {
+      // NOLINTNEXTLINE(concurrency-mt-unsafe): under runtime_mutex; glibc keeps dlerror's state per thread
       const char* why = dlerror();
       problems.push_back(candidate + " (" + (why ? why : "not found") + ")");
       continue;
@@ -71,9 +73,12 @@ Runtime& load_runtime(const std::string& explicit_path) {
     const char* version = base->GetVersionString();
     const OrtApi* api = base->GetApi(ORT_API_VERSION);
     if (api == nullptr) {
-      throw Error("ONNX Runtime " + std::string(version ? version : "?") + " at " + candidate +
-                  " is older than the " + kMinimumVersion + " textcam's native core needs; "
-                  "pip install 'onnxruntime>=" + kMinimumVersion + "' (or point TEXTCAM_ONNXRUNTIME_LIBRARY at a newer "
+      throw Error("ONNX Runtime " + std::string(version ? version : "?") + " at " + candidate + " is older than the " +
+                  kMinimumVersion +
+                  " textcam's native core needs; "
+                  "pip install 'onnxruntime>=" +
+                  kMinimumVersion +
+                  "' (or point TEXTCAM_ONNXRUNTIME_LIBRARY at a newer "
                   "libonnxruntime.so)");
     }
     Ort::InitApi(api);
@@ -182,6 +187,7 @@ class OnnxRuntimeRunner final : public GraphRunner {
  private:
   static std::string python_list(const std::vector<std::string>& names) {
     std::vector<std::string> quoted;
+    quoted.reserve(names.size());
     for (const auto& name : names) quoted.push_back("'" + name + "'");
     return "[" + join(quoted, ", ") + "]";
   }

@@ -80,9 +80,8 @@ std::array<double, 4> crop_box(int width, int height, const InputSection& input)
   }
   if (input.resize != "stretch") {
     // repr() of the policy, as Python's {!r} writes a plain string
-    const char quote = input.resize.find('\'') != std::string::npos && input.resize.find('"') == std::string::npos
-                           ? '"'
-                           : '\'';
+    const char quote =
+        input.resize.find('\'') != std::string::npos && input.resize.find('"') == std::string::npos ? '"' : '\'';
     throw Error("bundle input resize " + std::string(1, quote) + input.resize + std::string(1, quote) +
                 ": this runtime knows 'stretch' and 'center_crop'; upgrade textcam or re-export the bundle");
   }

@@ -13,7 +13,7 @@
 namespace textcam::detail {
 
 struct Geometry {
-  int width = 0;   // the original (upright) image
+  int width = 0;  // the original (upright) image
   int height = 0;
   std::array<double, 4> box{};  // left, top, right, bottom in source pixels
 };

@@ -12,8 +12,8 @@ namespace textcam::detail {
 
 struct Tensor {
   std::vector<int64_t> shape;
-  std::vector<float> floats;   // float outputs (logits, cam, ...)
-  std::vector<int64_t> ints;   // int64 outputs (class_index, concept_ids)
+  std::vector<float> floats;  // float outputs (logits, cam, ...)
+  std::vector<int64_t> ints;  // int64 outputs (class_index, concept_ids)
   bool is_int = false;
 };
 

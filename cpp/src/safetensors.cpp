@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "manifest.hpp"
+#include "os_error.hpp"
 #include "textcam/textcam.hpp"
 
 namespace textcam::detail {
@@ -27,10 +28,10 @@ constexpr int kHeaderMaxDepth = 128;             // serde_json's recursion limit
 // Bits per element of each dtype the crate knows; 0: unknown.
 size_t dtype_bits(const std::string& dtype) {
   static const std::pair<const char*, size_t> kBits[] = {
-      {"BOOL", 8},     {"F4", 4},          {"F6_E2M3", 6},     {"F6_E3M2", 6}, {"U8", 8},    {"I8", 8},
-      {"F8_E5M2", 8},  {"F8_E4M3", 8},     {"F8_E8M0", 8},     {"F8_E4M3FNUZ", 8},
-      {"F8_E5M2FNUZ", 8}, {"I16", 16},     {"U16", 16},        {"F16", 16},    {"BF16", 16}, {"I32", 32},
-      {"U32", 32},     {"F32", 32},        {"C64", 64},        {"F64", 64},    {"I64", 64},  {"U64", 64},
+      {"BOOL", 8},    {"F4", 4},      {"F6_E2M3", 6}, {"F6_E3M2", 6},     {"U8", 8},          {"I8", 8},
+      {"F8_E5M2", 8}, {"F8_E4M3", 8}, {"F8_E8M0", 8}, {"F8_E4M3FNUZ", 8}, {"F8_E5M2FNUZ", 8}, {"I16", 16},
+      {"U16", 16},    {"F16", 16},    {"BF16", 16},   {"I32", 32},        {"U32", 32},        {"F32", 32},
+      {"C64", 64},    {"F64", 64},    {"I64", 64},    {"U64", 64},
   };
   for (const auto& [name, bits] : kBits) {
     if (dtype == name) return bits;
@@ -124,7 +125,7 @@ std::vector<int64_t> TensorView::to_int64() const {
   } else if (dtype == "I16") {
     for (size_t i = 0; i < n; ++i) out[i] = load<int16_t>(data, i);
   } else if (dtype == "I8") {
-    for (size_t i = 0; i < n; ++i) out[i] = load<int8_t>(data, i);
+    for (size_t i = 0; i < n; ++i) out[i] = data[i] < 128 ? data[i] : data[i] - 256;  // two's complement int8
   } else if (dtype == "U8" || dtype == "BOOL") {
     for (size_t i = 0; i < n; ++i) out[i] = data[i];
   } else {
@@ -137,7 +138,7 @@ SafetensorsFile SafetensorsFile::read(const std::string& path, const std::string
   auto refuse = [&](const std::string& why) {
     return Error(path + ": not a readable safetensors file (" + why + ")" + hint);
   };
-  auto os_error = [&](int code) { return refuse(std::string(std::strerror(code)) + " (os error " + std::to_string(code) + ")"); };
+  auto os_error = [&](int code) { return refuse(errno_text(code) + " (os error " + std::to_string(code) + ")"); };
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
   if (!file) throw os_error(errno);
   struct stat info {};
@@ -186,7 +187,7 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
                         ", expected struct HashMetadata"};
     }
     struct Entry {
-      uint64_t start, end;
+      uint64_t start = 0, end = 0;
       std::string name;
       TensorView view;
     };
@@ -212,7 +213,8 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
                           ", expected struct TensorInfo"};
       }
       for (const char* field : {"dtype", "shape", "data_offsets"}) {
-        if (!value.contains(field)) throw HeaderError{"invalid JSON in header: missing field `" + std::string(field) + "`"};
+        if (!value.contains(field))
+          throw HeaderError{"invalid JSON in header: missing field `" + std::string(field) + "`"};
       }
       Entry entry;
       entry.name = item.key();

@@ -17,8 +17,8 @@ struct TensorView {
   size_t size_bytes = 0;
 
   int64_t elements() const;
-  std::vector<float> to_float() const;       // F16, F32, F64 -> float32
-  std::vector<int64_t> to_int64() const;     // I64, I32 -> int64
+  std::vector<float> to_float() const;    // F16, F32, F64 -> float32
+  std::vector<int64_t> to_int64() const;  // I64, I32 -> int64
 };
 
 // Float16 bits to float32, exactly (subnormals, infinities and NaN included).
@@ -29,8 +29,7 @@ class SafetensorsFile {
   // Throws textcam::Error("<path>: not a readable safetensors file (<why>)<hint>") on damage;
   // <why> words it as the Rust safetensors crate does ("Error while deserializing header: ...").
   // Files over max_bytes (the cap of the caller's kind of file) are refused unread.
-  static SafetensorsFile read(const std::string& path, const std::string& hint,
-                              int64_t max_bytes = int64_t{1} << 30);
+  static SafetensorsFile read(const std::string& path, const std::string& hint, int64_t max_bytes = int64_t{1} << 30);
   // The same on bytes already in memory (`path` only names them in errors).
   static SafetensorsFile parse(std::vector<uint8_t> bytes, const std::string& path, const std::string& hint);
 

@@ -20,11 +20,16 @@ constexpr const char* kFormat = "textcam-selftest";
 constexpr int kVersion = 1;
 constexpr const char* kHint = "re-run `textcam export` (or `textcam semantics`) to rebuild the self-test";
 const char* const kGraphOutputs[] = {"logits", "class_index", "cam", "channel_weights", "channel_activation"};
-const std::map<std::string, std::string> kMeasures = {
-    {"input", "max abs"},          {"logits", "max rel"},          {"class_index", "mismatches"},
-    {"cam", "max abs"},            {"channel_weights", "max rel"}, {"channel_activation", "max rel"},
-    {"concept_ids", "mismatches"}, {"concept_scores", "max abs"},
-};
+// Built on first use (a namespace-scope std::map could throw before main, where nothing catches it).
+const std::map<std::string, std::string>& measures() {
+  static const std::map<std::string, std::string> kMeasures = {
+      {"input", "max abs"},           {"logits", "max rel"},
+      {"class_index", "mismatches"},  {"cam", "max abs"},
+      {"channel_weights", "max rel"}, {"channel_activation", "max rel"},
+      {"concept_ids", "mismatches"},  {"concept_scores", "max abs"},
+  };
+  return kMeasures;
+}
 
 // One output for N images: floats or ints, [N, per-image values].
 struct Values {
@@ -65,7 +70,7 @@ void append(Values& into, const Values& part) {
 
 double measure(const std::string& name, const Values& reference, const Values& candidate) {
   if (reference.shape != candidate.shape) return std::numeric_limits<double>::infinity();
-  const std::string& kind = kMeasures.at(name);
+  const std::string& kind = measures().at(name);
   if (kind == "mismatches") {
     double count = 0;
     for (size_t i = 0; i < reference.data.size(); ++i) count += reference.data[i] != candidate.data[i] ? 1 : 0;
@@ -101,7 +106,8 @@ SelftestData read_selftest(const Pipeline& pipeline) {
   const Bundle& bundle = *pipeline.bundle;
   const Manifest& info = bundle.info();
   if (!info.selftest) {
-    throw Error(bundle.path() + ": the bundle has no self-test (built by an older textcam); re-run `textcam export` "
+    throw Error(bundle.path() +
+                ": the bundle has no self-test (built by an older textcam); re-run `textcam export` "
                 "to add one");
   }
   const std::string path = bundle.file(info.selftest->data, FileKind::kSelftest);
@@ -127,7 +133,8 @@ SelftestData read_selftest(const Pipeline& pipeline) {
   const int count = info.selftest->images;
   const int64_t classes = static_cast<int64_t>(info.classes.size());
   const int64_t channels = info.target_layer.channels;
-  auto tensor = [&](const std::string& name, const char* dtype, const std::vector<int64_t>& shape) -> const TensorView& {
+  auto tensor = [&](const std::string& name, const char* dtype,
+                    const std::vector<int64_t>& shape) -> const TensorView& {
     if (!file.has(name)) throw fail("lacks the tensor '" + name + "'");
     const TensorView& value = file.tensor(name);
     bool fits = value.dtype == dtype && value.shape.size() == shape.size();
@@ -215,8 +222,8 @@ SelftestData read_selftest(const Pipeline& pipeline) {
 }
 
 // The host's graph on `batch` (predicted classes) in batch_size chunks, plus its selection.
-std::map<std::string, Values> graph_and_concepts(const Pipeline& pipeline, const std::vector<float>& batch, int64_t count,
-                                                 const std::optional<ConceptSettings>& settings) {
+std::map<std::string, Values> graph_and_concepts(const Pipeline& pipeline, const std::vector<float>& batch,
+                                                 int64_t count, const std::optional<ConceptSettings>& settings) {
   const auto& input = pipeline.bundle->info().input;
   const int64_t image_size = 3 * int64_t{input.height} * input.width;
   std::map<std::string, Values> result;
@@ -252,13 +259,13 @@ void compare(const std::string& stage, const std::map<std::string, Values>& refe
                            "concept_ids", "concept_scores"}) {
     const auto expected = reference.find(name);
     if (expected == reference.end()) continue;
-    const std::string key = (stage == "end-to-end" && std::string(name) != "input") ? std::string("end_to_end.") + name
-                                                                                    : std::string(name);
+    const std::string key =
+        (stage == "end-to-end" && std::string(name) != "input") ? std::string("end_to_end.") + name : std::string(name);
     const auto found = candidate.find(name);
     SelftestRow row;
     row.stage = stage;
     row.output = name;
-    row.measure = kMeasures.at(name);
+    row.measure = measures().at(name);
     row.value = found == candidate.end() ? std::numeric_limits<double>::infinity()
                                          : measure(name, expected->second, found->second);
     row.tolerance = tolerances.at(key);

@@ -108,13 +108,12 @@ SemanticsStore read_store(const std::string& path_in, const std::string& model_s
                 " but text embeddings " + std::to_string(text.shape[1]) + "; both must come from the same CLIP model");
   }
   if (text.shape[0] != static_cast<int64_t>(phrases.size())) {
-    throw Error(path + ": " + std::to_string(text.shape[0]) + " text embeddings for " +
-                std::to_string(phrases.size()) + " phrases");
+    throw Error(path + ": " + std::to_string(text.shape[0]) + " text embeddings for " + std::to_string(phrases.size()) +
+                " phrases");
   }
   if (!phrases_ok) throw Error(path + ": phrases must be non-empty strings" + kHint);
   SemanticsStore store;
-  std::pair<const char*, const TensorView*> arrays[] = {{"channel_semantics", &semantics},
-                                                        {"text_embeddings", &text}};
+  std::pair<const char*, const TensorView*> arrays[] = {{"channel_semantics", &semantics}, {"text_embeddings", &text}};
   for (const auto& [name, array] : arrays) {
     std::vector<float> values;
     try {

@@ -8,8 +8,8 @@
 namespace textcam::detail {
 
 struct SemanticsStore {
-  int channels = 0;  // C
-  int dim = 0;       // D
+  int channels = 0;                      // C
+  int dim = 0;                           // D
   std::vector<float> channel_semantics;  // [C, D], unit rows
   std::vector<float> text_embeddings;    // [V, D], unit rows
   std::vector<std::string> phrases;      // V

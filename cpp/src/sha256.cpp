@@ -2,12 +2,12 @@
 
 #include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <memory>
 #include <vector>
 
 #include <openssl/evp.h>
 
+#include "os_error.hpp"
 #include "textcam/textcam.hpp"
 
 namespace textcam::detail {
@@ -25,7 +25,7 @@ struct DigestFree {
 
 std::string sha256_file(const std::string& path, int64_t limit) {
   std::unique_ptr<std::FILE, FileCloser> file(std::fopen(path.c_str(), "rb"));
-  if (!file) throw Error(path + ": cannot read it (" + std::strerror(errno) + ")");
+  if (!file) throw Error(path + ": cannot read it (" + errno_text(errno) + ")");
   std::unique_ptr<EVP_MD_CTX, DigestFree> context(EVP_MD_CTX_new());
   if (!context || EVP_DigestInit_ex(context.get(), EVP_sha256(), nullptr) != 1) {
     throw Error(path + ": cannot compute its sha256 (OpenSSL failed)");
@@ -37,7 +37,7 @@ std::string sha256_file(const std::string& path, int64_t limit) {
     const size_t want = static_cast<size_t>(left < kBlock ? left : kBlock);
     const size_t got = std::fread(block.data(), 1, want, file.get());
     if (got == 0) {
-      if (std::ferror(file.get())) throw Error(path + ": cannot read it (" + std::strerror(errno) + ")");
+      if (std::ferror(file.get())) throw Error(path + ": cannot read it (" + errno_text(errno) + ")");
       break;
     }
     if (EVP_DigestUpdate(context.get(), block.data(), got) != 1) {
@@ -52,7 +52,7 @@ std::string sha256_file(const std::string& path, int64_t limit) {
   }
   static const char kHex[] = "0123456789abcdef";
   std::string out;
-  out.reserve(length * 2U);
+  out.reserve(static_cast<size_t>(length) * 2U);
   for (unsigned int i = 0; i < length; ++i) {
     out += kHex[digest[i] >> 4];
     out += kHex[digest[i] & 15];

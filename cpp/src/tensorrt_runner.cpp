@@ -123,8 +123,7 @@ Gpu open_gpu(int device) {
   int count = 0;
   cuda_check(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
   if (device < 0 || device >= count) {
-    throw Error("device " + std::to_string(device) + ": this machine has " + std::to_string(count) +
-                " CUDA device(s)");
+    throw Error("device " + std::to_string(device) + ": this machine has " + std::to_string(count) + " CUDA device(s)");
   }
   cuda_check(cudaSetDevice(device), "cudaSetDevice");
   cudaDeviceProp props{};
@@ -153,6 +152,7 @@ std::string join(const std::vector<std::string>& items, const char* separator) {
 }
 
 std::vector<std::string> library_candidates() {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): no thread-safe getenv exists; the library never calls setenv
   if (const char* env = std::getenv("TEXTCAM_TENSORRT_LIBRARY"); env != nullptr && *env != '\0') return {env};
   std::vector<std::string> candidates;
 #ifdef TEXTCAM_DEFAULT_TENSORRT_LIBRARY
@@ -195,6 +195,7 @@ const Library& load_library() {
   for (const auto& candidate : library_candidates()) {
     void* handle = dlopen(candidate.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (handle == nullptr) {
+      // NOLINTNEXTLINE(concurrency-mt-unsafe): under library_mutex; glibc keeps dlerror's state per thread
       const char* why = dlerror();
       problems.push_back(candidate + " (" + (why != nullptr ? first_line(why) : std::string("not found")) + ")");
       continue;
@@ -210,8 +211,8 @@ const Library& load_library() {
     library->version = library_version(handle, major);
     library->create_runtime = create;
     if (major != NV_TENSORRT_MAJOR) {
-      throw Error("TensorRT " + (library->version.empty() ? std::string("?") : library->version) + " at " +
-                  candidate + " is not TensorRT " + std::to_string(NV_TENSORRT_MAJOR) +
+      throw Error("TensorRT " + (library->version.empty() ? std::string("?") : library->version) + " at " + candidate +
+                  " is not TensorRT " + std::to_string(NV_TENSORRT_MAJOR) +
                   ", whose headers this libtextcam was built with; install TensorRT " +
                   std::to_string(NV_TENSORRT_MAJOR) + " (or rebuild libtextcam against the installed one)");
     }
@@ -237,12 +238,13 @@ std::string shell_quote(const std::string& text) {
   return quoted + "'";
 }
 
-std::string rebuild_command(const std::string& bundle_path, const std::string& precision, int min_batch,
-                            int opt_batch, int max_batch, int concurrency) {
+std::string rebuild_command(const std::string& bundle_path, const std::string& precision, int min_batch, int opt_batch,
+                            int max_batch, int concurrency) {
   std::string command = "textcam build-engine " + shell_quote(bundle_path) + " --precision " + precision +
                         " --min-batch " + std::to_string(min_batch) + " --opt-batch " + std::to_string(opt_batch) +
                         " --max-batch " + std::to_string(max_batch);
-  if (concurrency != 0 && concurrency != kDefaultConcurrency) command += " --concurrency " + std::to_string(concurrency);
+  if (concurrency != 0 && concurrency != kDefaultConcurrency)
+    command += " --concurrency " + std::to_string(concurrency);
   return command;
 }
 
@@ -309,11 +311,10 @@ const EngineEntry& choose_engine(const Bundle& bundle, const Gpu& gpu, const std
     }
   }
   if (model == nullptr && !entries.empty()) model = &entries.front();
-  const std::string hint =
-      model != nullptr
-          ? rebuild_command(bundle.path(), wanted, model->min_batch, model->opt_batch, model->max_batch,
-                            model->concurrency)
-          : rebuild_command(bundle.path(), wanted, kDefaultMinBatch, kDefaultOptBatch, kDefaultMaxBatch, 0);
+  const std::string hint = model != nullptr ? rebuild_command(bundle.path(), wanted, model->min_batch, model->opt_batch,
+                                                              model->max_batch, model->concurrency)
+                                            : rebuild_command(bundle.path(), wanted, kDefaultMinBatch, kDefaultOptBatch,
+                                                              kDefaultMaxBatch, 0);
   if (entries.empty()) {
     throw Error(bundle.path() + ": the bundle has no TensorRT engine; build one with `" + hint + "`");
   }
@@ -327,8 +328,8 @@ const EngineEntry& choose_engine(const Bundle& bundle, const Gpu& gpu, const std
   }
   const std::string what = precision ? "no " + *precision + " engine" : "no engine";
   throw Error(bundle.path() + ": " + what + " for this GPU: the bundle has " + join(built, "; ") +
-              "; this machine has " + sm(gpu.compute_capability) + " with TensorRT " + version +
-              "; rebuild with `" + hint + "`");
+              "; this machine has " + sm(gpu.compute_capability) + " with TensorRT " + version + "; rebuild with `" +
+              hint + "`");
 }
 
 // ---- Python spellings for messages ---------------------------------------------------------------
@@ -342,8 +343,10 @@ std::string python_tuple(const std::vector<int64_t>& shape) {
 }
 
 std::vector<int64_t> dims_vector(const nvinfer1::Dims& dims) {
+  const int32_t count = std::max<int32_t>(0, std::min<int32_t>(dims.nbDims, nvinfer1::Dims::MAX_DIMS));
   std::vector<int64_t> out;
-  for (int32_t i = 0; i < std::min<int32_t>(dims.nbDims, nvinfer1::Dims::MAX_DIMS); ++i) out.push_back(dims.d[i]);
+  out.reserve(static_cast<size_t>(count));
+  for (int32_t i = 0; i < count; ++i) out.push_back(dims.d[i]);
   return out;
 }
 
@@ -365,10 +368,14 @@ struct TensorInfo {
 // The element types textcam feeds and reads (0: another).
 size_t item_size(nvinfer1::DataType type) {
   switch (type) {
-    case nvinfer1::DataType::kFLOAT: return sizeof(float);
-    case nvinfer1::DataType::kINT32: return sizeof(int32_t);
-    case nvinfer1::DataType::kINT64: return sizeof(int64_t);
-    default: return 0;
+    case nvinfer1::DataType::kFLOAT:
+      return sizeof(float);
+    case nvinfer1::DataType::kINT32:
+      return sizeof(int32_t);
+    case nvinfer1::DataType::kINT64:
+      return sizeof(int64_t);
+    default:
+      return 0;
   }
 }
 
@@ -385,8 +392,10 @@ class Slot {
       : tensors_(tensors), stream_(new_stream()) {
     context_.reset(engine.createExecutionContext());
     if (!context_) {
-      throw Error("TensorRT could not create an execution context (out of GPU memory?); use fewer contexts or a "
-                  "smaller --max-batch" + tensorrt_said());
+      throw Error(
+          "TensorRT could not create an execution context (out of GPU memory?); use fewer contexts or a "
+          "smaller --max-batch" +
+          tensorrt_said());
     }
     if (!context_->setOptimizationProfileAsync(profile, stream_.get())) {
       throw Error("TensorRT refused optimization profile " + std::to_string(profile) + tensorrt_said());
@@ -472,16 +481,16 @@ class Slot {
                     " is outside the engine's profile");
       }
       void* host = host_[i].get();
-      if (!feed.is_int && tensor.type == nvinfer1::DataType::kFLOAT) {
-        std::memcpy(host, feed.data, bytes);
-      } else if (feed.is_int && tensor.type == nvinfer1::DataType::kINT64) {
-        std::memcpy(host, feed.data, bytes);
+      if ((!feed.is_int && tensor.type == nvinfer1::DataType::kFLOAT) ||
+          (feed.is_int && tensor.type == nvinfer1::DataType::kINT64)) {
+        std::memcpy(host, feed.data, bytes);  // the engine takes the fed type as is
       } else if (feed.is_int && tensor.type == nvinfer1::DataType::kINT32) {
         const auto* values = static_cast<const int64_t*>(feed.data);
         auto* narrowed = static_cast<int32_t*>(host);
         for (size_t k = 0; k < count; ++k) narrowed[k] = static_cast<int32_t>(values[k]);
       } else {
-        throw Error("engine input " + tensor.name + ": the engine takes another element type than textcam feeds "
+        throw Error("engine input " + tensor.name +
+                    ": the engine takes another element type than textcam feeds "
                     "(float32 images, int64 classes); rebuild the engine");
       }
       cuda_check(cudaMemcpyAsync(device_[i].get(), host, bytes, cudaMemcpyHostToDevice, stream_.get()),
@@ -534,7 +543,7 @@ class Slot {
   std::vector<PinnedBuffer> host_;
   std::vector<size_t> capacity_;
   std::unique_ptr<nvinfer1::IExecutionContext> context_;
-  int64_t batch_ = -1;                      // the batch the input shapes are set for
+  int64_t batch_ = -1;                        // the batch the input shapes are set for
   std::vector<std::vector<int64_t>> shapes_;  // per tensor, for batch_
 };
 
@@ -567,9 +576,9 @@ class TensorRTRunner final : public GraphRunner {
     const std::string path = bundle.file(entry.plan, FileKind::kEngine, "rebuild it with `" + hint + "`");
     const std::vector<char> plan = read_plan(path, hint);
 
-    runtime_.reset(static_cast<nvinfer1::IRuntime*>(library.create_runtime(
-        static_cast<void*>(static_cast<nvinfer1::ILogger*>(&process_logger())),
-        static_cast<int32_t>(NV_TENSORRT_VERSION))));
+    runtime_.reset(static_cast<nvinfer1::IRuntime*>(
+        library.create_runtime(static_cast<void*>(static_cast<nvinfer1::ILogger*>(&process_logger())),
+                               static_cast<int32_t>(NV_TENSORRT_VERSION))));
     if (!runtime_) {
       throw Error("TensorRT " + library.version + " at " + library.path + " could not start a runtime" +
                   tensorrt_said());
@@ -577,8 +586,10 @@ class TensorRTRunner final : public GraphRunner {
     if (!plan.empty()) engine_.reset(runtime_->deserializeCudaEngine(plan.data(), plan.size()));
     if (!engine_) {
       last_tensorrt_error.clear();
-      throw Error(path + ": TensorRT " + library.version + " cannot deserialize it (corrupt, or built by another "
-                  "TensorRT version or for another GPU); rebuild with `" + hint + "`");
+      throw Error(path + ": TensorRT " + library.version +
+                  " cannot deserialize it (corrupt, or built by another "
+                  "TensorRT version or for another GPU); rebuild with `" +
+                  hint + "`");
     }
 
     std::vector<std::string> input_names, output_names;
@@ -616,8 +627,10 @@ class TensorRTRunner final : public GraphRunner {
     }
     for (const auto& tensor : tensors_) {
       if (tensor.item_size == 0) {
-        throw Error(path + ": engine tensor " + tensor.name + " has an element type textcam does not read; "
-                    "rebuild with `" + hint + "`");
+        std::string message = path;
+        message.append(": engine tensor ").append(tensor.name).append(" has an element type textcam does not read; ");
+        message.append("rebuild with `").append(hint).append("`");
+        throw Error(message);
       }
     }
     output_names_ = graph.outputs;
@@ -632,8 +645,10 @@ class TensorRTRunner final : public GraphRunner {
     min_batch_ = batch_of(nvinfer1::OptProfileSelector::kMIN);
     max_batch_ = batch_of(nvinfer1::OptProfileSelector::kMAX);
     if (min_batch_ < 1 || max_batch_ < min_batch_) {
-      throw Error(path + ": engine input " + input_names.front() + " has no batch range in its profile; rebuild "
-                  "with `" + hint + "`");
+      throw Error(path + ": engine input " + input_names.front() +
+                  " has no batch range in its profile; rebuild "
+                  "with `" +
+                  hint + "`");
     }
     for (int32_t index = 0; index < profiles; ++index) {
       slots_.push_back(std::make_unique<Slot>(*engine_, index, tensors_));
@@ -759,8 +774,9 @@ class TensorRTRunner final : public GraphRunner {
 
 std::unique_ptr<GraphRunner> make_tensorrt_runner(const Bundle& bundle, const Options& options) {
   // no precision asked: the default choice (fp32, else fp16, else bf16), as Python's
-  return std::make_unique<TensorRTRunner>(
-      bundle, options.tensorrt_precision.empty() ? std::nullopt : std::optional<std::string>(options.tensorrt_precision));
+  return std::make_unique<TensorRTRunner>(bundle, options.tensorrt_precision.empty()
+                                                      ? std::nullopt
+                                                      : std::optional<std::string>(options.tensorrt_precision));
 }
 
 }  // namespace textcam::detail

@@ -229,8 +229,7 @@ TEST_F(BundleDamage, MissingKeysAndWrongTypes) {
   edit([](OJson& m) { m["input"]["std"] = OJson::array({1, -1e-7, 1}); });
   EXPECT_EQ(open_message(), manifest_ + ": 'input.std' is -1e-07; expected a positive number" + kAgain);
   edit([](OJson& m) { m["input"]["resize"] = "crop"; });
-  EXPECT_EQ(open_message(),
-            manifest_ + ": 'input.resize' is 'crop'; expected one of stretch, center_crop" + kAgain);
+  EXPECT_EQ(open_message(), manifest_ + ": 'input.resize' is 'crop'; expected one of stretch, center_crop" + kAgain);
   edit([](OJson& m) { m["graph"]["has_activations"] = "yes"; });
   EXPECT_EQ(open_message(), manifest_ + ": 'graph.has_activations' must be true or false" + kAgain);
   edit([](OJson& m) { m["model"]["sha256"] = "ABC"; });
@@ -239,8 +238,10 @@ TEST_F(BundleDamage, MissingKeysAndWrongTypes) {
     OJson inputs = m["graph"]["inputs"];
     m["graph"]["inputs"] = OJson::array({inputs[1], inputs[0]});
   });
-  EXPECT_EQ(open_message(), manifest_ + ": 'graph.inputs' are ['target_class', 'image']; expected ['image', "
-                                        "'target_class']" + kAgain);
+  EXPECT_EQ(open_message(), manifest_ +
+                                ": 'graph.inputs' are ['target_class', 'image']; expected ['image', "
+                                "'target_class']" +
+                                kAgain);
   edit([](OJson& m) { m["semantics"]["channels"] = 64; });
   EXPECT_EQ(open_message(), manifest_ + ": 'semantics.channels' has 64 channels, the layer 128" + kAgain);
   edit([](OJson& m) { m["semantics"] = nullptr; });
@@ -256,9 +257,11 @@ TEST_F(BundleDamage, DeepExtrasAndDuplicateClasses) {
   edit([](OJson& m) { m["model"]["weights"] = OJson::parse(std::string(17, '[') + std::string(17, ']')); });
   EXPECT_EQ(open_message(), "OK");
   edit([](OJson& m) { m["classes"][3] = "green"; });
-  EXPECT_EQ(open_message(),
-            manifest_ + ": 'classes' name 'green' more than once; class names must be unique" + kAgain);
-  edit([](OJson& m) { m["classes"][0] = "it's"; m["classes"][5] = "it's"; });
+  EXPECT_EQ(open_message(), manifest_ + ": 'classes' name 'green' more than once; class names must be unique" + kAgain);
+  edit([](OJson& m) {
+    m["classes"][0] = "it's";
+    m["classes"][5] = "it's";
+  });
   EXPECT_EQ(open_message(),
             manifest_ + ": 'classes' name \"it's\" more than once; class names must be unique" + kAgain);
 }
@@ -329,8 +332,10 @@ TEST_F(BundleDamage, SemanticsStoreChecks) {
   };
   const std::string hint = "; re-run `textcam semantics`";
   replace_store("\x01\x02");
-  EXPECT_EQ(open_all_message(), store + ": not a readable safetensors file (Error while deserializing header: "
-                                        "header too small)" + hint);
+  EXPECT_EQ(open_all_message(), store +
+                                    ": not a readable safetensors file (Error while deserializing header: "
+                                    "header too small)" +
+                                    hint);
   std::string header = "{\"__metadata__\": {\"format\": \"other\"}}";
   std::string bytes(8, '\0');
   bytes[0] = static_cast<char>(header.size());
@@ -388,5 +393,6 @@ TEST(ManifestParse, EngineEntries) {
   EXPECT_EQ(message_of([&] { parse_manifest(data, "m.json"); }),
             "--min-batch 9 --opt-batch 8 --max-batch 32: expected min <= opt <= max");
   data["engines"][0].erase("precision");
-  EXPECT_EQ(message_of([&] { parse_manifest(data, "m.json"); }), "m.json: engine entry lacks precision; rebuild the engine");
+  EXPECT_EQ(message_of([&] { parse_manifest(data, "m.json"); }),
+            "m.json: engine entry lacks precision; rebuild the engine");
 }

@@ -20,9 +20,9 @@ bool onnxruntime_configured() {
   return (env != nullptr && *env != '\0') || std::string(TEXTCAM_DEFAULT_ONNXRUNTIME_LIBRARY_FOR_TESTS) != "";
 }
 
-#define REQUIRE_ONNXRUNTIME()                                                                            \
-  if (!onnxruntime_configured())                                                                         \
-  GTEST_SKIP() << "no libonnxruntime configured: configure with -DPython3_EXECUTABLE=<a python with "    \
+#define REQUIRE_ONNXRUNTIME()                                                                         \
+  if (!onnxruntime_configured())                                                                      \
+  GTEST_SKIP() << "no libonnxruntime configured: configure with -DPython3_EXECUTABLE=<a python with " \
                   "onnxruntime> or set TEXTCAM_ONNXRUNTIME_LIBRARY"
 
 // A smooth colour field with a disc: something for the model to look at.
@@ -116,8 +116,9 @@ TEST(CApi, BadCallsGiveStatusCodesAndOneLine) {
   TextcamExplainer* explainer = nullptr;
   EXPECT_EQ(textcam_explainer_create("/nonexistent/x.textcam", nullptr, &explainer), TEXTCAM_ERROR);
   EXPECT_EQ(explainer, nullptr);
-  EXPECT_EQ(std::string(textcam_last_error()), "/nonexistent/x.textcam: not a directory; a bundle is a directory made "
-                                                "by `textcam export`");
+  EXPECT_EQ(std::string(textcam_last_error()),
+            "/nonexistent/x.textcam: not a directory; a bundle is a directory made "
+            "by `textcam export`");
   EXPECT_EQ(textcam_explainer_create(nullptr, nullptr, &explainer), TEXTCAM_ERROR_INVALID_ARGUMENT);
   TextcamOptions* options = nullptr;
   ASSERT_EQ(textcam_options_create(&options), TEXTCAM_OK);

@@ -18,8 +18,8 @@ using nlohmann::json;
 using textcam::ConceptOptions;
 using textcam::Error;
 using textcam::detail::ConceptSettings;
-using textcam::detail::Selection;
 using textcam::detail::select_for_outputs;
+using textcam::detail::Selection;
 
 std::string resolve_error(const json& defaults, const ConceptOptions& overrides = {}) {
   try {
@@ -77,8 +77,8 @@ TEST(ConceptSettings, BuiltInThenManifestThenCaller) {
   EXPECT_EQ(builtin.group_channels, 64);
   EXPECT_TRUE(builtin.center);
 
-  const json manifest = {{"top_k", 7}, {"l1", 1}, {"steps", nullptr}, {"beta", "weights"}, {"unknown", "x"},
-                         {"center", false}};
+  const json manifest = {{"top_k", 7},        {"l1", 1},        {"steps", nullptr},
+                         {"beta", "weights"}, {"unknown", "x"}, {"center", false}};
   const ConceptSettings from_manifest = ConceptSettings::resolve(manifest, {});
   EXPECT_EQ(from_manifest.top_k, 7);
   EXPECT_DOUBLE_EQ(from_manifest.l1, 1.0);  // an integer is a number
@@ -154,7 +154,7 @@ TEST(ConceptSelection, OrthogonalPhrasesGiveAlphaBMinusL1) {
   const std::vector<float> w = {4.0F, 3.0F, 0.0F, 0.0F}, a = {1.0F, 1.0F, 1.0F, 1.0F};
   const Selection sel =
       select_for_outputs(w.data(), a.data(), 1, 4, S, T, 4, settings(3, 64, 0.3, 0.0, 5, false), {}, nullptr, 0);
-  ASSERT_EQ(sel.k, 3);  // top_k 3 of 4 candidates (64 capped to V = 4)
+  ASSERT_EQ(sel.k, 3);                                  // top_k 3 of 4 candidates (64 capped to V = 4)
   EXPECT_EQ(sel.ids, (std::vector<int64_t>{0, 1, 2}));  // 2 and 3 tie at cosine 0: id order
   EXPECT_NEAR(sel.scores[0], 0.8F, 1e-7);
   EXPECT_NEAR(sel.scores[1], 0.6F, 1e-7);
@@ -201,7 +201,8 @@ TEST(ConceptSelection, SingleCandidateIsTheBestCosine) {
     for (int v = 0; v < V; ++v) {
       double c = 0.0;
       for (int d = 0; d < D; ++d) {
-        c += static_cast<double>(q[static_cast<size_t>(r * D + d)]) * static_cast<double>(T[static_cast<size_t>(v * D + d)]);
+        c += static_cast<double>(q[static_cast<size_t>(r * D + d)]) *
+             static_cast<double>(T[static_cast<size_t>(v * D + d)]);
       }
       if (c > best_cos) {
         best_cos = c;
@@ -269,7 +270,8 @@ TEST(ConceptSelection, AmongGivesTheSameSelectionOrFallsBack) {
   // candidates missing a phrase of the true top N (the graph swapped a near-tie): the full ranking
   std::vector<int64_t> beaten(static_cast<size_t>(B * N));
   for (int r = 0; r < B; ++r) {
-    for (int k = 0; k < N; ++k) beaten[static_cast<size_t>(r * N + k)] = top.ids[static_cast<size_t>(r * (N + 2) + k + 1)];
+    for (int k = 0; k < N; ++k)
+      beaten[static_cast<size_t>(r * N + k)] = top.ids[static_cast<size_t>(r * (N + 2) + k + 1)];
   }
   sel = select_for_outputs(w.data(), a.data(), B, C, S, T, D, s, {}, beaten.data(), N);
   EXPECT_EQ(sel.ids, reference.ids);
@@ -307,7 +309,7 @@ TEST(ConceptSelection, OrderAndWeightProperties) {
       EXPECT_GE(sel.weights[i], 0.0);
       if (sel.weights[i] == 0.0) filling = true;
       if (filling) {
-        EXPECT_EQ(sel.weights[i], 0.0);  // chosen phrases come first
+        EXPECT_EQ(sel.weights[i], 0.0);                                  // chosen phrases come first
         if (k + 1 < sel.k) EXPECT_GE(sel.scores[i], sel.scores[i + 1]);  // fill-ins by cosine
       } else if (k > 0) {
         EXPECT_LE(sel.weights[i], sel.weights[i - 1]);
@@ -332,9 +334,9 @@ TEST(ConceptSelection, NonFiniteOutputsNameTheRow) {
   }
   const std::vector<float> big = {3e38F, 3e38F};
   const std::vector<float> same = {1, 0, 1, 0};
-  EXPECT_THROW(select_for_outputs(big.data(), a.data(), 1, 2, same, T, 2, settings(1, 2, 0.3, 0.2, 10, true), {},
-                                  nullptr, 0),
-               Error);
+  EXPECT_THROW(
+      select_for_outputs(big.data(), a.data(), 1, 2, same, T, 2, settings(1, 2, 0.3, 0.2, 10, true), {}, nullptr, 0),
+      Error);
 }
 
 // ---- channel groups --------------------------------------------------------------------------
@@ -379,8 +381,8 @@ TEST(ConceptGroups, HandDerived) {
   auto tie = textcam::detail::channel_groups_split(w3.data(), a3.data(), A3.data(), 1, 1, 1, S3, T, 2, {1, 0}, 64);
   ASSERT_EQ(tie.groups.size(), 1U);
   EXPECT_EQ(tie.groups[0].phrase_id, 1);
-  EXPECT_EQ(textcam::detail::channel_groups(w3.data(), a3.data(), A3.data(), 1, 1, 1, S3, T, 2, {1, 0}, 64)[0].phrase_id,
-            1);
+  EXPECT_EQ(
+      textcam::detail::channel_groups(w3.data(), a3.data(), A3.data(), 1, 1, 1, S3, T, 2, {1, 0}, 64)[0].phrase_id, 1);
 }
 
 TEST(ConceptGroups, MethodCheck) {

@@ -11,8 +11,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -243,11 +243,17 @@ TEST(ImageFromView, RgbaCompositedOnBlackAllPairs) {
 
 TEST(ImageFromView, Errors) {
   const std::vector<uint8_t> px(24, 0);
-  EXPECT_EQ(error_of([&] { from_view(ImageView{px.data(), 2, 3, 2}, kMax); }),
+  EXPECT_EQ(error_of([&] {
+              from_view(ImageView{px.data(), 2, 3, 2}, kMax);
+            }),
             "image array of shape (2, 3, 2): expected HxW, HxWx1, HxWx3 or HxWx4 uint8");
-  EXPECT_EQ(error_of([&] { from_view(ImageView{px.data(), 2, 3, 3}, 5); }),
+  EXPECT_EQ(error_of([&] {
+              from_view(ImageView{px.data(), 2, 3, 3}, 5);
+            }),
             "image array of shape (2, 3, 3): 3x2 is larger than the 5-pixel limit; downscale it or raise max_pixels");
-  EXPECT_EQ(error_of([&] { from_view(ImageView{px.data(), 0, 3, 3}, kMax); }),
+  EXPECT_EQ(error_of([&] {
+              from_view(ImageView{px.data(), 0, 3, 3}, kMax);
+            }),
             "image array of shape (0, 3, 3): 3x0 image has no pixels");
 }
 
@@ -298,9 +304,9 @@ TEST(ImageUpright, KnownPermutations) {
     std::vector<int> pixels;
   };
   const std::vector<Case> cases = {
-      {1, 3, 2, {0, 1, 2, 3, 4, 5}},  {2, 3, 2, {2, 1, 0, 5, 4, 3}},  {3, 3, 2, {5, 4, 3, 2, 1, 0}},
-      {4, 3, 2, {3, 4, 5, 0, 1, 2}},  {5, 2, 3, {0, 3, 1, 4, 2, 5}},  {6, 2, 3, {3, 0, 4, 1, 5, 2}},
-      {7, 2, 3, {5, 2, 4, 1, 3, 0}},  {8, 2, 3, {2, 5, 1, 4, 0, 3}},  {9, 3, 2, {0, 1, 2, 3, 4, 5}},
+      {1, 3, 2, {0, 1, 2, 3, 4, 5}}, {2, 3, 2, {2, 1, 0, 5, 4, 3}}, {3, 3, 2, {5, 4, 3, 2, 1, 0}},
+      {4, 3, 2, {3, 4, 5, 0, 1, 2}}, {5, 2, 3, {0, 3, 1, 4, 2, 5}}, {6, 2, 3, {3, 0, 4, 1, 5, 2}},
+      {7, 2, 3, {5, 2, 4, 1, 3, 0}}, {8, 2, 3, {2, 5, 1, 4, 0, 3}}, {9, 3, 2, {0, 1, 2, 3, 4, 5}},
   };
   for (const Case& c : cases) {
     const RgbImage turned = upright(image, c.orientation);
@@ -322,14 +328,16 @@ TEST(ImageLoad, PngColorTypes) {
     EXPECT_EQ(image.pixels, spec.samples);
   }
   {  // RGBA: composited on black
-    PngSpec spec{4, 1, 8, PNG_COLOR_TYPE_RGB_ALPHA, {10, 20, 30, 0, 200, 100, 50, 128, 255, 255, 255, 255, 99, 3, 250, 77},
-                 {}, {}, {}};
+    PngSpec spec{
+        4,  1,  8, PNG_COLOR_TYPE_RGB_ALPHA, {10, 20, 30, 0, 200, 100, 50, 128, 255, 255, 255, 255, 99, 3, 250, 77},
+        {}, {}, {}};
     write_png(dir.file("rgba.png"), spec);
     const RgbImage image = load_image(dir.file("rgba.png"), kMax);
     for (int x = 0; x < 4; ++x) {
       for (int c = 0; c < 3; ++c) {
-        EXPECT_EQ(image.pixels[static_cast<size_t>(3 * x + c)],
-                  composite(spec.samples[static_cast<size_t>(4 * x + c)], spec.samples[static_cast<size_t>(4 * x + 3)]));
+        EXPECT_EQ(
+            image.pixels[static_cast<size_t>(3 * x + c)],
+            composite(spec.samples[static_cast<size_t>(4 * x + c)], spec.samples[static_cast<size_t>(4 * x + 3)]));
       }
     }
   }
@@ -343,7 +351,8 @@ TEST(ImageLoad, PngColorTypes) {
   {  // 16-bit gray with values above 255: top = 65535, gray = floor(v / 65535 * 255 + 0.5)
     const std::vector<uint16_t> values = {0, 255, 256, 32767, 32768, 65535};
     PngSpec spec{6, 1, 16, PNG_COLOR_TYPE_GRAY, {}, {}, {}, {}};
-    for (uint16_t v : values) spec.samples.insert(spec.samples.end(), {static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v)});
+    for (uint16_t v : values)
+      spec.samples.insert(spec.samples.end(), {static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v)});
     write_png(dir.file("g16.png"), spec);
     const RgbImage image = load_image(dir.file("g16.png"), kMax);
     for (size_t i = 0; i < values.size(); ++i) {
@@ -371,10 +380,11 @@ TEST(ImageLoad, PngColorTypes) {
               (std::vector<uint8_t>{0, 0, 0, 85, 85, 85, 170, 170, 170, 255, 255, 255}));
   }
   {  // palette with a short tRNS: alpha from it, 255 past it
-    PngSpec spec{3, 1, 8, PNG_COLOR_TYPE_PALETTE, {0, 1, 2}, {{200, 100, 50}, {10, 20, 30}, {250, 251, 252}}, {128}, {}};
+    PngSpec spec{3,     1, 8, PNG_COLOR_TYPE_PALETTE, {0, 1, 2}, {{200, 100, 50}, {10, 20, 30}, {250, 251, 252}},
+                 {128}, {}};
     write_png(dir.file("p.png"), spec);
-    const std::vector<uint8_t> expected = {composite(200, 128), composite(100, 128), composite(50, 128), 10, 20, 30,
-                                           250, 251, 252};
+    const std::vector<uint8_t> expected = {
+        composite(200, 128), composite(100, 128), composite(50, 128), 10, 20, 30, 250, 251, 252};
     EXPECT_EQ(load_image(dir.file("p.png"), kMax).pixels, expected);
   }
 }
@@ -382,7 +392,9 @@ TEST(ImageLoad, PngColorTypes) {
 TEST(ImageLoad, PngExifOrientation) {
   TempDir dir;
   PngSpec spec{3, 2, 8, PNG_COLOR_TYPE_RGB, {}, {}, {}, tiff_one_entry(false, 0x0112, 3, 1, 6)};
-  for (int i = 0; i < 6; ++i) spec.samples.insert(spec.samples.end(), {static_cast<uint8_t>(i), static_cast<uint8_t>(100 + i), static_cast<uint8_t>(200 + i)});
+  for (int i = 0; i < 6; ++i)
+    spec.samples.insert(spec.samples.end(),
+                        {static_cast<uint8_t>(i), static_cast<uint8_t>(100 + i), static_cast<uint8_t>(200 + i)});
   write_png(dir.file("o6.png"), spec);
   const RgbImage image = load_image(dir.file("o6.png"), kMax);
   EXPECT_EQ(image.width, 2);
@@ -421,7 +433,11 @@ TEST(ImageLoad, JpegExifOrientationAndTruncation) {
   std::vector<uint8_t> jpeg = encode_jpeg(rgb, w, h, TJPF_RGB, TJSAMP_444, 90);
   ASSERT_GT(jpeg.size(), 2000U);
   const auto exif = with_exif_prefix(tiff_one_entry(true, 0x0112, 3, 1, 8));
-  std::vector<uint8_t> with_exif = {0xFF, 0xD8, 0xFF, 0xE1, static_cast<uint8_t>((exif.size() + 2) >> 8),
+  std::vector<uint8_t> with_exif = {0xFF,
+                                    0xD8,
+                                    0xFF,
+                                    0xE1,
+                                    static_cast<uint8_t>((exif.size() + 2) >> 8),
                                     static_cast<uint8_t>((exif.size() + 2) & 0xFF)};
   with_exif.insert(with_exif.end(), exif.begin(), exif.end());
   with_exif.insert(with_exif.end(), jpeg.begin() + 2, jpeg.end());
@@ -433,7 +449,8 @@ TEST(ImageLoad, JpegExifOrientationAndTruncation) {
   std::vector<uint8_t> cut(jpeg.begin(), jpeg.begin() + static_cast<std::ptrdiff_t>(jpeg.size() - 40));
   write_bytes(dir.file("cut.jpg"), cut);
   EXPECT_EQ(error_of([&] { load_image(dir.file("cut.jpg"), kMax); }),
-            dir.file("cut.jpg") + ": cannot decode the image (OSError: image file is truncated); is it truncated or corrupt?");
+            dir.file("cut.jpg") +
+                ": cannot decode the image (OSError: image file is truncated); is it truncated or corrupt?");
 }
 
 TEST(ImageLoad, Errors) {
@@ -448,9 +465,10 @@ TEST(ImageLoad, Errors) {
   EXPECT_EQ(error_of([&] { load_image(dir.file("text.jpg"), kMax); }),
             dir.file("text.jpg") + ": not an image (or a format Pillow cannot read)");
   write_bytes(dir.file("b.bmp"), {'B', 'M', 0, 0, 0, 0, 0, 0});
-  EXPECT_EQ(error_of([&] { load_image(dir.file("b.bmp"), kMax); }),
-            dir.file("b.bmp") +
-                ": image format not supported by the native core (JPEG and PNG only); convert it or use the Python runtime");
+  EXPECT_EQ(
+      error_of([&] { load_image(dir.file("b.bmp"), kMax); }),
+      dir.file("b.bmp") +
+          ": image format not supported by the native core (JPEG and PNG only); convert it or use the Python runtime");
   EXPECT_EQ(error_of([] { load_image("  ", kMax); }), "image path '  ': empty; pass a file name");
 
   // a PNG header claiming 100000 x 100000 with no pixel data: refused from the header
@@ -467,17 +485,19 @@ TEST(ImageLoad, Errors) {
     const auto crc = static_cast<uint32_t>(crc32(0L, d.data() + 12, 17));
     for (int b = 0; b < 4; ++b) d[static_cast<size_t>(29 + b)] = static_cast<uint8_t>(crc >> (24 - 8 * b));
     // an IDAT chunk with a few bytes (never decoded) and IEND
-    const std::vector<uint8_t> tail = {0, 0, 0, 2, 'I', 'D', 'A', 'T', 0x78, 0x9C, 0, 0, 0, 0,
-                                       0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xAE, 0x42, 0x60, 0x82};
+    const std::vector<uint8_t> tail = {0, 0, 0, 2, 'I', 'D', 'A', 'T', 0x78, 0x9C, 0,    0,    0,
+                                       0, 0, 0, 0, 0,   'I', 'E', 'N', 'D',  0xAE, 0x42, 0x60, 0x82};
     d.insert(d.end(), tail.begin(), tail.end());
     return d;
   };
   write_bytes(dir.file("big.png"), header_only(10000));
   EXPECT_EQ(error_of([&] { load_image(dir.file("big.png"), kMax); }),
-            dir.file("big.png") + ": 10000x10000 is larger than the 72,000,000-pixel limit; downscale it or raise max_pixels");
+            dir.file("big.png") +
+                ": 10000x10000 is larger than the 72,000,000-pixel limit; downscale it or raise max_pixels");
   write_bytes(dir.file("bomb.png"), header_only(20000));
-  EXPECT_EQ(error_of([&] { load_image(dir.file("bomb.png"), kMax); }),
-            dir.file("bomb.png") + ": larger than Pillow's decompression-bomb limit (178,956,970 pixels); downscale it");
+  EXPECT_EQ(
+      error_of([&] { load_image(dir.file("bomb.png"), kMax); }),
+      dir.file("bomb.png") + ": larger than Pillow's decompression-bomb limit (178,956,970 pixels); downscale it");
   // the header alone (no IDAT): Pillow's PNG plugin gives up while opening
   std::vector<uint8_t> header_alone(png.begin(), png.begin() + 33);
   write_bytes(dir.file("header.png"), header_alone);
@@ -486,10 +506,12 @@ TEST(ImageLoad, Errors) {
   header_alone.resize(20);  // inside IHDR
   write_bytes(dir.file("header20.png"), header_alone);
   EXPECT_EQ(error_of([&] { load_image(dir.file("header20.png"), kMax); }),
-            dir.file("header20.png") + ": cannot decode the image (OSError: Truncated File Read); is it truncated or corrupt?");
+            dir.file("header20.png") +
+                ": cannot decode the image (OSError: Truncated File Read); is it truncated or corrupt?");
   // the same header with its data cut: truncated, in Pillow's words
   std::vector<uint8_t> cut(png.begin(), png.begin() + static_cast<std::ptrdiff_t>(png.size() - 20));
   write_bytes(dir.file("cut.png"), cut);
   EXPECT_EQ(error_of([&] { load_image(dir.file("cut.png"), kMax); }),
-            dir.file("cut.png") + ": cannot decode the image (OSError: image file is truncated); is it truncated or corrupt?");
+            dir.file("cut.png") +
+                ": cannot decode the image (OSError: image file is truncated); is it truncated or corrupt?");
 }

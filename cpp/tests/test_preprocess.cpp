@@ -116,7 +116,7 @@ TEST(PreprocessFilterWeights, IdentityAndHalving) {
 }
 
 TEST(PreprocessVerticalFirst, Pillow13Rule) {
-  EXPECT_TRUE(vertical_first(10, 100, 10, 10));   // height shrinks by 90 > 2 * 0
+  EXPECT_TRUE(vertical_first(10, 100, 10, 10));    // height shrinks by 90 > 2 * 0
   EXPECT_FALSE(vertical_first(100, 100, 10, 10));  // 90 > 180 is false
   EXPECT_FALSE(vertical_first(10, 10, 10, 20));    // height grows
   EXPECT_TRUE(vertical_first(50, 300, 40, 100));   // 200 > 20
@@ -183,7 +183,8 @@ TEST(PreprocessResize, PassOrderFollowsVerticalFirst) {
       auto px = [&](int x, int y) { return static_cast<int>(image.pixels[static_cast<size_t>((y * 3 + x) * 3 + c)]); };
       for (int oy = 0; oy < 2; ++oy) {
         std::vector<int> columns, rows;
-        for (int x = 0; x < 3; ++x) columns.push_back(tap({px(x, 0), px(x, 1), px(x, 2), px(x, 3), px(x, 4), px(x, 5), px(x, 6)}, v, oy));
+        for (int x = 0; x < 3; ++x)
+          columns.push_back(tap({px(x, 0), px(x, 1), px(x, 2), px(x, 3), px(x, 4), px(x, 5), px(x, 6)}, v, oy));
         for (int y = 0; y < 7; ++y) rows.push_back(tap({px(0, y), px(1, y), px(2, y)}, h, 0));
         const int vertical_then_horizontal = tap(columns, h, 0);
         const int horizontal_then_vertical = tap(rows, v, oy);
@@ -197,7 +198,8 @@ TEST(PreprocessResize, PassOrderFollowsVerticalFirst) {
 
 TEST(PreprocessNormalize, LayoutAndFloat32Formula) {
   const InputSection input = section(3, 4, "stretch");
-  const RgbImage image = make_image(4, 3, [](int x, int y, int c) { return static_cast<uint8_t>(10 * x + 50 * y + 3 * c); });
+  const RgbImage image =
+      make_image(4, 3, [](int x, int y, int c) { return static_cast<uint8_t>(10 * x + 50 * y + 3 * c); });
   std::vector<float> out(3 * 3 * 4);
   const auto geometry = preprocess(image, input, out.data());
   EXPECT_EQ(geometry.width, 4);

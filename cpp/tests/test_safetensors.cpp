@@ -53,10 +53,10 @@ TEST(Safetensors, ReadsTensorsAndMetadata) {
   std::memcpy(data.data(), values, 8);
   const uint16_t halves[2] = {0x3C00, 0xC000};  // 1.0, -2.0
   std::memcpy(data.data() + 8, halves, 4);
-  const auto bytes = make_file(
-      R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, )"
-      R"("b": {"dtype": "F16", "shape": [1, 2], "data_offsets": [8, 12]}, "__metadata__": {"k": "v"}})",
-      data);
+  const auto bytes =
+      make_file(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, )"
+                R"("b": {"dtype": "F16", "shape": [1, 2], "data_offsets": [8, 12]}, "__metadata__": {"k": "v"}})",
+                data);
   const SafetensorsFile file = SafetensorsFile::parse(bytes, "x.safetensors", "");
   EXPECT_EQ(file.names(), (std::vector<std::string>{"a", "b"}));
   EXPECT_EQ(file.metadata().at("k"), "v");
@@ -69,9 +69,9 @@ TEST(Safetensors, ReadsTensorsAndMetadata) {
 TEST(Safetensors, HalfToFloatIsExact) {
   EXPECT_EQ(half_to_float(0x0000), 0.0F);
   EXPECT_TRUE(std::signbit(half_to_float(0x8000)));
-  EXPECT_EQ(half_to_float(0x0001), std::ldexp(1.0F, -24));  // smallest subnormal
+  EXPECT_EQ(half_to_float(0x0001), std::ldexp(1.0F, -24));     // smallest subnormal
   EXPECT_EQ(half_to_float(0x03FF), std::ldexp(1023.0F, -24));  // largest subnormal
-  EXPECT_EQ(half_to_float(0x0400), std::ldexp(1.0F, -14));  // smallest normal
+  EXPECT_EQ(half_to_float(0x0400), std::ldexp(1.0F, -14));     // smallest normal
   EXPECT_EQ(half_to_float(0x7BFF), 65504.0F);
   EXPECT_EQ(half_to_float(0x7C00), std::numeric_limits<float>::infinity());
   EXPECT_EQ(half_to_float(0xFC00), -std::numeric_limits<float>::infinity());
@@ -100,11 +100,11 @@ TEST(Safetensors, OtherDtypes) {
   data[25] = 1;
   // data: [0,8) F64, [8,16) I64, [16,24) I32 x2, [24,26) U8 x2; 8 spare bytes removed below.
   data.resize(26);
-  const auto bytes = make_file(
-      R"({"d": {"dtype": "F64", "shape": [], "data_offsets": [0, 8]}, "i": {"dtype": "I64", "shape": [1], )"
-      R"("data_offsets": [8, 16]}, "j": {"dtype": "I32", "shape": [2], "data_offsets": [16, 24]}, )"
-      R"("u": {"dtype": "U8", "shape": [2], "data_offsets": [24, 26]}})",
-      data);
+  const auto bytes =
+      make_file(R"({"d": {"dtype": "F64", "shape": [], "data_offsets": [0, 8]}, "i": {"dtype": "I64", "shape": [1], )"
+                R"("data_offsets": [8, 16]}, "j": {"dtype": "I32", "shape": [2], "data_offsets": [16, 24]}, )"
+                R"("u": {"dtype": "U8", "shape": [2], "data_offsets": [24, 26]}})",
+                data);
   const SafetensorsFile file = SafetensorsFile::parse(bytes, "x", "");
   EXPECT_EQ(file.tensor("d").elements(), 1);
   EXPECT_EQ(file.tensor("d").to_float(), std::vector<float>{0.25F});
@@ -125,24 +125,25 @@ TEST(Safetensors, DamagedFiles) {
   EXPECT_EQ(parse_message(make_file(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
                                     std::vector<uint8_t>(12))),
             refused("invalid offset for tensor `a`"));
-  EXPECT_EQ(parse_message(make_file(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}})",
-                                    std::vector<uint8_t>(8))),
+  EXPECT_EQ(parse_message(
+                make_file(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}})", std::vector<uint8_t>(8))),
             refused("invalid offset for tensor `a`"));
-  EXPECT_EQ(parse_message(make_file(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})",
-                                    std::vector<uint8_t>(4))),
+  EXPECT_EQ(parse_message(
+                make_file(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})", std::vector<uint8_t>(4))),
             refused("incomplete metadata, file not fully covered"));
   EXPECT_EQ(parse_message(make_file(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})",
                                     std::vector<uint8_t>(12))),
             refused("incomplete metadata, file not fully covered"));
-  EXPECT_EQ(parse_message(make_file(R"({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})",
-                                    std::vector<uint8_t>(8))),
+  EXPECT_EQ(parse_message(
+                make_file(R"({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})", std::vector<uint8_t>(8))),
             refused("invalid shape, data type, or offset for tensor"));
-  EXPECT_EQ(parse_message(make_file(
-                R"({"a": {"dtype": "F32", "shape": [4611686018427387904, 4611686018427387904], "data_offsets": [0, 8]}})",
-                std::vector<uint8_t>(8))),
-            refused("overflow computing buffer size from shape and/or element type"));
-  EXPECT_NE(parse_message(make_file(R"({"a": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}})",
-                                    std::vector<uint8_t>(8))),
+  EXPECT_EQ(
+      parse_message(make_file(
+          R"({"a": {"dtype": "F32", "shape": [4611686018427387904, 4611686018427387904], "data_offsets": [0, 8]}})",
+          std::vector<uint8_t>(8))),
+      refused("overflow computing buffer size from shape and/or element type"));
+  EXPECT_NE(parse_message(
+                make_file(R"({"a": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}})", std::vector<uint8_t>(8))),
             "OK");
   EXPECT_NE(parse_message(make_file(R"({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})",
                                     std::vector<uint8_t>(8))),

@@ -31,7 +31,8 @@ int main(int argc, char** argv) {
     printf("%s %.4f (heatmap %dx%d)\n", textcam_explanation_label(result), textcam_explanation_score(result), width,
            height);
     for (i = 0; i < textcam_explanation_concept_count(result); ++i) {
-      printf("  %s %.4f\n", textcam_explanation_concept_phrase(result, i), textcam_explanation_concept_score(result, i));
+      printf("  %s %.4f\n", textcam_explanation_concept_phrase(result, i),
+             textcam_explanation_concept_score(result, i));
     }
     status = 0;
   }

@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> lines(images.size());
     std::atomic<size_t> next{0};
     std::vector<std::thread> workers;
+    workers.reserve(static_cast<size_t>(threads));
     for (int t = 0; t < threads; ++t) {
       workers.emplace_back([&] {
         for (size_t i = next++; i < images.size(); i = next++) {

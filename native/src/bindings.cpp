@@ -63,8 +63,8 @@ nb::dict explanation_dict(textcam::Explanation&& e) {
     const size_t members = g.channels.size();
     group["channels"] = to_numpy(std::move(g.channels), {members});
     group["share"] = g.share;
-    group["saliency"] = to_numpy(std::move(g.saliency), {static_cast<size_t>(g.saliency_height),
-                                                         static_cast<size_t>(g.saliency_width)});
+    group["saliency"] = to_numpy(std::move(g.saliency),
+                                 {static_cast<size_t>(g.saliency_height), static_cast<size_t>(g.saliency_width)});
     group["heatmap"] = to_numpy(std::move(g.heatmap), {static_cast<size_t>(e.height), static_cast<size_t>(e.width)});
     groups.append(group);
   }
@@ -173,8 +173,7 @@ NB_MODULE(textcam_native, m) {
           },
           "bundle"_a, "backend"_a = "onnxruntime", "intra_op_threads"_a = 0, "allow_spinning"_a = true,
           "onnxruntime_library"_a = "", "batch_size"_a = 16, "max_pixels"_a = 72000000, "use_fused"_a = true,
-          "verify_checksums"_a = true, "concepts"_a = nb::dict(),
-          "tensorrt_precision"_a = "")
+          "verify_checksums"_a = true, "concepts"_a = nb::dict(), "tensorrt_precision"_a = "")
       .def(
           "explain_files",
           [](const textcam::Explainer& self, const std::vector<std::string>& paths, const std::vector<int64_t>& classes,
@@ -186,10 +185,10 @@ NB_MODULE(textcam_native, m) {
             }
             nb::list out;
             for (auto& result : results) {
-              out.append(nb::make_tuple(result.path,
-                                        result.explanation ? nb::object(explanation_dict(std::move(*result.explanation)))
-                                                           : nb::none(),
-                                        result.error));
+              out.append(nb::make_tuple(
+                  result.path,
+                  result.explanation ? nb::object(explanation_dict(std::move(*result.explanation))) : nb::none(),
+                  result.error));
             }
             return out;
           },
@@ -202,8 +201,8 @@ NB_MODULE(textcam_native, m) {
             for (const auto& image : images) {
               if (image.ndim() != 2 && image.ndim() != 3) throw textcam::Error("image array: expected HxW or HxWxC");
               const int channels = image.ndim() == 3 ? static_cast<int>(image.shape(2)) : 1;
-              views.push_back({image.data(), static_cast<int>(image.shape(0)), static_cast<int>(image.shape(1)),
-                               channels});
+              views.push_back(
+                  {image.data(), static_cast<int>(image.shape(0)), static_cast<int>(image.shape(1)), channels});
             }
             std::vector<textcam::Explanation> results;
             {
@@ -310,9 +309,9 @@ NB_MODULE(textcam_native, m) {
         std::vector<float> out(3 * static_cast<size_t>(input.height) * static_cast<size_t>(input.width));
         const auto geometry = textcam::detail::preprocess(image, input, out.data());
         const auto box = geometry.box;
-        return nb::make_tuple(to_numpy(std::move(out), {3, static_cast<size_t>(input.height),
-                                                        static_cast<size_t>(input.width)}),
-                              nb::make_tuple(box[0], box[1], box[2], box[3]));
+        return nb::make_tuple(
+            to_numpy(std::move(out), {3, static_cast<size_t>(input.height), static_cast<size_t>(input.width)}),
+            nb::make_tuple(box[0], box[1], box[2], box[3]));
       },
       "rgb"_a, "input"_a);
 
@@ -340,8 +339,8 @@ NB_MODULE(textcam_native, m) {
       "select",
       [](const FloatArray& weights, const FloatArray& activation, const FloatArray& S, const FloatArray& T,
          const nb::dict& settings, std::optional<IdArray> among) {
-        const auto resolved = textcam::detail::ConceptSettings::resolve(nlohmann::json::object(),
-                                                                         concept_options(settings));
+        const auto resolved =
+            textcam::detail::ConceptSettings::resolve(nlohmann::json::object(), concept_options(settings));
         const int batch = static_cast<int>(weights.shape(0));
         const int channels = static_cast<int>(weights.shape(1));
         const int dim = static_cast<int>(S.shape(1));
@@ -374,14 +373,15 @@ NB_MODULE(textcam_native, m) {
         const int channels = static_cast<int>(activations.shape(0));
         const int h = static_cast<int>(activations.shape(1));
         const int w = static_cast<int>(activations.shape(2));
-        auto groups = textcam::detail::channel_groups(weights_row.data(), activation_row.data(), activations.data(),
-                                                      channels, h, w, s, t, static_cast<int>(S.shape(1)), selected,
-                                                      max_channels);
+        auto groups =
+            textcam::detail::channel_groups(weights_row.data(), activation_row.data(), activations.data(), channels, h,
+                                            w, s, t, static_cast<int>(S.shape(1)), selected, max_channels);
         nb::list out;
         for (auto& group : groups) {
           const size_t members = group.channels.size();
-          out.append(nb::make_tuple(group.phrase_id, to_numpy(std::move(group.channels), {members}), group.share,
-                                    to_numpy(std::move(group.saliency), {static_cast<size_t>(h), static_cast<size_t>(w)})));
+          out.append(
+              nb::make_tuple(group.phrase_id, to_numpy(std::move(group.channels), {members}), group.share,
+                             to_numpy(std::move(group.saliency), {static_cast<size_t>(h), static_cast<size_t>(w)})));
         }
         return out;
       },

@@ -55,15 +55,20 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def create_runner(backend: str, bundle: Bundle, **options) -> GraphRunner:
-    """The runner for ``backend`` on ``bundle`` (its ``model_path``: see :meth:`Bundle.with_graph`); options are
-    the runner's keyword arguments (``Explainer``'s ``backend_options``)."""
+def check_options(backend: str, options: dict) -> type[GraphRunner]:
+    """The runner class for ``backend``, after a one-line TextcamError for an option it does not take."""
     cls = runner_class(check_backend(backend))
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "bundle")]
     unknown = [k for k in options if k not in accepted]
     if unknown:
         raise TextcamError(f"backend {backend!r} has no option {unknown[0]!r}; its options: {', '.join(accepted)}")
-    return cls(bundle, **options)
+    return cls
+
+
+def create_runner(backend: str, bundle: Bundle, **options) -> GraphRunner:
+    """The runner for ``backend`` on ``bundle`` (its ``model_path``: see :meth:`Bundle.with_graph`); options are
+    the runner's keyword arguments (``Explainer``'s ``backend_options``)."""
+    return check_options(backend, options)(bundle, **options)
 
 
 __all__ = [
@@ -73,5 +78,6 @@ __all__ = [
     "OnnxRuntimeRunner",
     "available_backends",
     "check_backend",
+    "check_options",
     "create_runner",
 ]

@@ -50,8 +50,7 @@ TextcamStatus textcam_options_set(TextcamOptions* options, const char* key, cons
 void textcam_options_destroy(TextcamOptions* options);
 
 /* options may be NULL (defaults). */
-TextcamStatus textcam_explainer_create(const char* bundle_dir, const TextcamOptions* options,
-                                       TextcamExplainer** out);
+TextcamStatus textcam_explainer_create(const char* bundle_dir, const TextcamOptions* options, TextcamExplainer** out);
 void textcam_explainer_destroy(TextcamExplainer* explainer);
 
 /* class_index -1: the predicted class. */

@@ -45,14 +45,14 @@ struct Options {
   // "onnxruntime" (CPU), "onnxruntime-cuda", "onnxruntime-tensorrt" (execution providers of the
   // loaded onnxruntime), "tensorrt" (the bundle's engine; only in builds with TensorRT).
   std::string backend = "onnxruntime";
-  int intra_op_threads = 0;      // 0: ONNX Runtime's default
-  bool allow_spinning = true;    // false: idle ORT threads do not busy-wait
+  int intra_op_threads = 0;         // 0: ONNX Runtime's default
+  bool allow_spinning = true;       // false: idle ORT threads do not busy-wait
   std::string onnxruntime_library;  // libonnxruntime.so to load; empty: see docs (search order)
   std::string tensorrt_precision;   // backend "tensorrt": fp32, fp16 or bf16 engine; empty: the best built
-  int batch_size = 16;           // images per graph call, 1..4096
-  int64_t max_pixels = 72000000; // largest image decoded (width * height)
-  bool use_fused = true;         // use the bundle's fused ranking graph when it ranks as asked
-  bool verify_checksums = true;  // sha256 of every bundle file on open
+  int batch_size = 16;              // images per graph call, 1..4096
+  int64_t max_pixels = 72000000;    // largest image decoded (width * height)
+  bool use_fused = true;            // use the bundle's fused ranking graph when it ranks as asked
+  bool verify_checksums = true;     // sha256 of every bundle file on open
   ConceptOptions concepts;
 };
 
@@ -78,8 +78,8 @@ struct Explanation {
   std::string label;
   double score = 0.0;  // softmax probability of class_index
   std::vector<float> logits;
-  int height = 0, width = 0;     // the original image's size (the graph input's for batches)
-  std::vector<float> heatmap;    // [height, width] row-major, in [0, 1]
+  int height = 0, width = 0;   // the original image's size (the graph input's for batches)
+  std::vector<float> heatmap;  // [height, width] row-major, in [0, 1]
   std::vector<float> channel_weights;
   std::vector<float> channel_activation;
   std::vector<Concept> concepts;  // selection order (see the Python docs)
@@ -144,16 +144,13 @@ class Explainer {
   Explanation explain_file(const std::string& path, int64_t class_index = -1, bool groups = false) const;
   Explanation explain_image(const ImageView& image, int64_t class_index = -1, bool groups = false) const;
   std::vector<Explanation> explain_images(const std::vector<ImageView>& images,
-                                          const std::vector<int64_t>& class_index = {},
-                                          bool groups = false) const;
+                                          const std::vector<int64_t>& class_index = {}, bool groups = false) const;
   // Bad files do not stop the others: each gets its error line.
   std::vector<FileResult> explain_files(const std::vector<std::string>& paths,
-                                        const std::vector<int64_t>& class_index = {},
-                                        bool groups = false) const;
+                                        const std::vector<int64_t>& class_index = {}, bool groups = false) const;
   // A preprocessed float32 [count, 3, H, W] batch (heatmaps stay at H x W).
   std::vector<Explanation> explain_batch(const float* batch, int64_t count,
-                                         const std::vector<int64_t>& class_index = {},
-                                         bool groups = false) const;
+                                         const std::vector<int64_t>& class_index = {}, bool groups = false) const;
 
   // The bundle's conformance self-test on this explainer.
   SelftestReport selftest() const;
