@@ -188,7 +188,9 @@ class Explainer:
 
     @runner.setter
     def runner(self, runner: GraphRunner) -> None:
+        """Run the graph with ``runner`` from now on (the numpy path: the native core runs its own graph)."""
         self._runner = runner
+        self._core = None
 
     def close(self) -> None:
         """Release the backend's device memory now (GPU backends); the CPU backend has nothing to free."""

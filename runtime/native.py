@@ -54,7 +54,11 @@ def onnxruntime_library() -> str:
 
 
 def decodes_natively(path: str | Path) -> bool:
-    """True for files the core decodes itself (JPEG, PNG, told by their first bytes)."""
+    """True for files the core decodes itself (JPEG, PNG, told by their first bytes). Paths that are
+    empty or hold a NUL are left to the numpy path, which refuses them with its own line."""
+    text = str(path)
+    if not text.strip() or "\x00" in text:
+        return False
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)
@@ -107,7 +111,7 @@ class NativeCore:
         images, found = self.core.selftest()
         rows = tuple(Comparison(output, measure, value, tolerance, group=stage)
                      for stage, output, measure, value, tolerance, _passed in found)
-        return SelftestReport(str(bundle_path), f"{backend} (native)", "fp32", images, rows)
+        return SelftestReport(str(bundle_path), backend, "fp32", images, rows)
 
     @staticmethod
     def _explanation(found: dict) -> Explanation:

@@ -29,6 +29,16 @@ from textcam.engines.build import record_engine  # noqa: E402
 from textcam.engines.entries import BatchProfile, EngineEntry, engine_file_name  # noqa: E402
 from textcam.runtime.bundle_files import read_manifest, sha256_file  # noqa: E402
 
+NATIVE_TEST_FILES = ("test_native.py", "test_native_gpu.py", "test_benchmark_native.py")
+
+
+@pytest.fixture(autouse=True)
+def _numpy_path_unless_asked(request, monkeypatch):
+    """Every test but the native ones runs the numpy path, the reference (many replace its pieces:
+    a runner, ``images.preprocess``). ``tests/test_native.py`` holds the C++ core to it."""
+    if request.node.path.name not in NATIVE_TEST_FILES:
+        monkeypatch.setenv("TEXTCAM_NATIVE", "0")
+
 
 def _tiny_cnn():
     """conv-relu-maxpool, two more convs, GAP, linear (4 classes); explained at ``block``: forward nodes on
