@@ -468,3 +468,16 @@ def test_environment_switch_and_native_argument(monkeypatch):
     with Explainer(DEFAULT_BUNDLE) as switched_off, Explainer(DEFAULT_BUNDLE, native=True) as asked:
         assert not switched_off.native and asked.native
     assert _python_error(lambda: Explainer(DEFAULT_BUNDLE, native="yes")).startswith("native='yes'")
+
+
+def test_info_says_which_path_runs(monkeypatch):
+    from click.testing import CliRunner
+
+    from textcam.cli import main
+
+    monkeypatch.delenv("TEXTCAM_NATIVE", raising=False)
+    shown = CliRunner().invoke(main, ["info", "default"]).output.splitlines()[-1]
+    assert shown.startswith("runtime     native core libtextcam")
+    monkeypatch.setenv("TEXTCAM_NATIVE", "0")
+    shown = CliRunner().invoke(main, ["info", "default"]).output.splitlines()[-1]
+    assert "TEXTCAM_NATIVE=0 switched it off" in shown

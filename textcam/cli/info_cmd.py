@@ -60,8 +60,21 @@ def info_command(bundle, as_json):
         f"selftest    {_selftest(info)}",
         f"engines     {_engines(manifest)}",
         f"producer    textcam {info.producer.get('textcam', '?')}, torch {info.producer.get('torch', '?')}",
+        f"runtime     {_runtime()}",
     ]
     click.echo("\n".join(safe_text(line) for line in lines))  # names in the manifest are untrusted text
+
+
+def _runtime() -> str:
+    """Which path `textcam explain` takes here (textcam.runtime.native)."""
+    from textcam.runtime.native import native_module
+
+    module = native_module()
+    if module is not None:
+        return f"native core libtextcam {module.__version__} (TEXTCAM_NATIVE=0: the numpy path)"
+    if native_module(force=True) is not None:
+        return "numpy path (the native core is installed but TEXTCAM_NATIVE=0 switched it off)"
+    return "numpy path (pip install ./native for the C++ core)"
 
 
 def _number(value) -> str:
