@@ -46,14 +46,14 @@ PREPROCESSING: dict[str, Any] = {
     "color": {
         "result": "8-bit RGB, channel order R, G, B",
         "RGB": "unchanged (a tRNS transparent colour of an RGB PNG is ignored)",
-        "L": "r = g = b = L",
+        "L": "r = g = b = L (a tRNS transparent grey of an L PNG is ignored, as for RGB)",
         "1": "r = g = b = 0 or 255",
         "CMYK": "r = round_half_up((255 - c) * (255 - k) / 255), likewise g from m and b from y",
-        "RGBA, LA, PA, and P or L with a transparency entry": (
-            "expand to RGBA (L -> r = g = b = L; P -> the palette entry, alpha from the transparency "
-            "entry), then composite on opaque black: r = round_half_up(r * a / 255), likewise g and b"
+        "RGBA, LA, PA, and P": (
+            "expand to RGBA (LA -> r = g = b = L; P -> the palette entry, alpha from the palette's transparency "
+            "entries, 255 where there are none), then composite on opaque black: r = round_half_up(r * a / 255), "
+            "likewise g and b"
         ),
-        "P": "the palette entry's RGB",
         "I;16, I;16B, I;16L, I;16N, I": (
             "top = 65535 if the image's maximum value is > 255 else 255 (one value for the whole image); "
             "gray = clamp(floor(v / top * 255 + 0.5), 0, 255) in float64; r = g = b = gray"
