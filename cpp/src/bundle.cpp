@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "os_error.hpp"
-#include "path_text.hpp"
+#include "python_text.hpp"
 #include "sha256.hpp"
 #include "textcam/textcam.hpp"
 

@@ -17,7 +17,7 @@ class Bundle {
   // Reads and validates the manifest; with verify, checks model.onnx's size and sha256 now.
   static Bundle open(const std::string& dir, bool verify = true);
 
-  const std::string& path() const { return path_; }  // as Python prints it (see path_text.hpp)
+  const std::string& path() const { return path_; }  // as Python prints it (see python_text.hpp)
   const Manifest& info() const { return info_; }
 
   // The checked path of a file the manifest names; `hint` replaces the generic advice.

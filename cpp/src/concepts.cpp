@@ -8,6 +8,7 @@
 // - T.mean(axis=0): rows added one after another in float32, then divided by V in float32.
 // Keep this file free of -ffast-math and FMA contraction (the default x86-64 target has no FMA).
 #include "concepts.hpp"
+#include "python_text.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -177,127 +178,6 @@ float norm_f32(const float* x, int n, std::vector<float>& scratch) {
   return std::sqrt(pairwise_sum(scratch.data(), n));
 }
 
-// ---- Python's repr, for the settings messages ------------------------------------------------
-
-std::string py_float_repr(double v) {
-  if (std::isnan(v)) return "nan";
-  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  if (v == 0.0) return std::signbit(v) ? "-0.0" : "0.0";
-  char buf[64];
-  int precision = 1;
-  for (; precision <= 17; ++precision) {
-    std::snprintf(buf, sizeof buf, "%.*e", precision - 1, v);
-    if (std::strtod(buf, nullptr) == v) break;
-  }
-  // buf: [-]d[.ddd]e[+-]xx
-  std::string s(buf);
-  std::string sign;
-  if (s[0] == '-') {
-    sign = "-";
-    s.erase(0, 1);
-  }
-  const size_t e = s.find('e');
-  const int exponent = std::atoi(s.c_str() + e + 1);
-  std::string digits = s.substr(0, e);
-  digits.erase(std::remove(digits.begin(), digits.end(), '.'), digits.end());
-  while (digits.size() > 1 && digits.back() == '0') digits.pop_back();
-  const int nd = static_cast<int>(digits.size());
-  std::string out;
-  if (exponent < -4 || exponent >= 16) {
-    out = digits.substr(0, 1);
-    if (nd > 1) out += "." + digits.substr(1);
-    char ebuf[16];
-    std::snprintf(ebuf, sizeof ebuf, "e%c%02d", exponent < 0 ? '-' : '+', std::abs(exponent));
-    out += ebuf;
-  } else if (exponent < 0) {
-    out = "0." + std::string(static_cast<size_t>(-exponent - 1), '0') + digits;
-  } else if (nd <= exponent + 1) {
-    out = digits + std::string(static_cast<size_t>(exponent + 1 - nd), '0') + ".0";
-  } else {
-    const size_t point = static_cast<size_t>(exponent) + 1;  // exponent >= 0 here
-    out = digits.substr(0, point) + "." + digits.substr(point);
-  }
-  return sign + out;
-}
-
-std::string py_str_repr(const std::string& s) {
-  const bool has_single = s.find('\'') != std::string::npos;
-  const bool has_double = s.find('"') != std::string::npos;
-  const char quote = has_single && !has_double ? '"' : '\'';
-  std::string out(1, quote);
-  for (const char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (ch == quote || ch == '\\') {
-      out += '\\';
-      out += ch;
-    } else if (ch == '\n') {
-      out += "\\n";
-    } else if (ch == '\r') {
-      out += "\\r";
-    } else if (ch == '\t') {
-      out += "\\t";
-    } else if (c < 0x20 || c == 0x7f) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
-    } else {
-      out += ch;
-    }
-  }
-  out += quote;
-  return out;
-}
-
-std::string py_repr(const json& v) {
-  switch (v.type()) {
-    case json::value_t::null:
-      return "None";
-    case json::value_t::boolean:
-      return v.get<bool>() ? "True" : "False";
-    case json::value_t::number_integer:
-      return std::to_string(v.get<int64_t>());
-    case json::value_t::number_unsigned:
-      return std::to_string(v.get<uint64_t>());
-    case json::value_t::number_float:
-      return py_float_repr(v.get<double>());
-    case json::value_t::string:
-      return py_str_repr(v.get<std::string>());
-    case json::value_t::array: {
-      std::string out = "[";
-      bool first = true;
-      for (const auto& item : v) {
-        if (!first) out += ", ";
-        first = false;
-        out += py_repr(item);
-      }
-      return out + "]";
-    }
-    case json::value_t::object: {
-      std::string out = "{";
-      bool first = true;
-      for (auto it = v.begin(); it != v.end(); ++it) {
-        if (!first) out += ", ";
-        first = false;
-        out += py_str_repr(it.key()) + ": " + py_repr(it.value());
-      }
-      return out + "}";
-    }
-    default:
-      return v.dump();
-  }
-}
-
-std::string thousands(int64_t value) {
-  std::string digits = std::to_string(value);
-  std::string out;
-  const int n = static_cast<int>(digits.size());
-  for (int i = 0; i < n; ++i) {
-    if (i > 0 && (n - i) % 3 == 0) out += ',';
-    out += digits[static_cast<size_t>(i)];
-  }
-  return out;
-}
-
 std::string py_g(double v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%g", v);
@@ -324,7 +204,7 @@ void check_values(const json& values) {
   if (beta.is_string()) {
     for (const char* mode : kBetaModes) beta_ok = beta_ok || beta.get<std::string>() == mode;
   }
-  if (!beta_ok) throw Error("beta=" + py_repr(beta) + ": choose one of contribution, weights");
+  if (!beta_ok) throw Error("beta=" + python_repr(beta) + ": choose one of contribution, weights");
   struct Limit {
     const char* name;
     int64_t low, high;
@@ -336,8 +216,8 @@ void check_values(const json& values) {
   for (const Limit& limit : limits) {
     const json& value = values.at(limit.name);
     if (!is_int(value) || !int_in(value, limit.low, limit.high)) {
-      throw Error(std::string(limit.name) + "=" + py_repr(value) + ": expected an integer from " +
-                  thousands(limit.low) + " to " + thousands(limit.high));
+      throw Error(std::string(limit.name) + "=" + python_repr(value) + ": expected an integer from " +
+                  with_commas(limit.low) + " to " + with_commas(limit.high));
     }
   }
   const auto top_k = values.at("top_k").get<int64_t>();
@@ -347,7 +227,7 @@ void check_values(const json& values) {
                 " (the phrases are chosen among them)");
   }
   const json& center = values.at("center");
-  if (!center.is_boolean()) throw Error("center=" + py_repr(center) + ": expected true or false");
+  if (!center.is_boolean()) throw Error("center=" + python_repr(center) + ": expected true or false");
   const std::pair<const char*, double> reals[] = {{"l1", kMaxL1}, {"l2", kMaxL2}};
   for (const auto& [name, high] : reals) {
     const json& value = values.at(name);
@@ -357,7 +237,7 @@ void check_values(const json& values) {
       ok = std::isfinite(v) && 0.0 <= v && v <= high;
     }
     if (!ok) {
-      throw Error(std::string(name) + "=" + py_repr(value) + ": expected a finite number from 0 to " + py_g(high));
+      throw Error(std::string(name) + "=" + python_repr(value) + ": expected a finite number from 0 to " + py_g(high));
     }
   }
 }
@@ -662,7 +542,7 @@ ConceptSettings ConceptSettings::resolve(const nlohmann::json& defaults, const C
   const ConceptSettings builtin;
   json values = settings_json(builtin);
   if (!defaults.is_null() && !defaults.is_object()) {
-    throw Error("semantics.defaults: expected an object, got " + py_repr(defaults));
+    throw Error("semantics.defaults: expected an object, got " + python_repr(defaults));
   }
   if (defaults.is_object()) {
     for (auto it = defaults.begin(); it != defaults.end(); ++it) {
@@ -712,7 +592,7 @@ std::vector<float> vocabulary_mean(const std::vector<float>& T, int vocabulary, 
 std::vector<float> aggregate(const float* weights, const float* activation, int batch, int channels,
                              const std::vector<float>& S, int dim, const std::string& beta) {
   if (beta != "contribution" && beta != "weights") {
-    throw Error("beta " + py_str_repr(beta) + ": choose one of contribution, weights");
+    throw Error("beta " + python_str_repr(beta) + ": choose one of contribution, weights");
   }
   const size_t Cz = static_cast<size_t>(channels), Dz = static_cast<size_t>(dim);
   if (S.size() != Cz * Dz) {
@@ -799,7 +679,7 @@ void check_group_method(const std::string& method) {
   throw Error(
       "channel groups need a channel-weight CAM method (gradcam, gradcam++, xgradcam, cam), whose map is "
       "sum_j w_j A_j; this bundle uses " +
-      py_str_repr(method) +
+      python_str_repr(method) +
       ", whose map does not split by channel: "
       "re-export with --method gradcam (or another channel-weight method)");
 }

@@ -9,7 +9,7 @@
 #include "explainer_impl.hpp"
 #include "heatmap.hpp"
 #include "image_decode.hpp"
-#include "path_text.hpp"
+#include "python_text.hpp"
 #include "preprocess.hpp"
 #include "runner.hpp"
 #include "semantics.hpp"

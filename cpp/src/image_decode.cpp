@@ -22,7 +22,7 @@
 #include <utility>
 
 #include "os_error.hpp"
-#include "path_text.hpp"
+#include "python_text.hpp"
 
 namespace textcam::detail {
 
@@ -30,36 +30,6 @@ namespace {
 
 // Pillow's Image.MAX_IMAGE_PIXELS; Image.open refuses more than twice as many.
 constexpr int64_t kPillowBombPixels = int64_t{2} * 89478485;
-
-std::string python_repr(const std::string& text) {
-  // repr() of a str for the plain cases; quotes as Python picks them
-  const bool has_single = text.find('\'') != std::string::npos;
-  const bool has_double = text.find('"') != std::string::npos;
-  const char quote = (has_single && !has_double) ? '"' : '\'';
-  std::string out(1, quote);
-  for (unsigned char c : text) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == static_cast<unsigned char>(quote)) {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (c < 0x20 || c == 0x7f) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  out += quote;
-  return out;
-}
 
 uint8_t round_half_up_mul(unsigned v, unsigned a) {
   // round_half_up(v * a / 255); equals Pillow's alpha_composite on opaque black (all 65536 pairs)
@@ -603,10 +573,10 @@ RgbImage upright(RgbImage image, int orientation) {
 
 RgbImage load_image(const std::string& path, int64_t max_pixels) {
   if (path.find_first_not_of(" \t\n\r\f\v") == std::string::npos) {
-    throw Error("image path " + python_repr(path) + ": empty; pass a file name");
+    throw Error("image path " + python_str_repr(path) + ": empty; pass a file name");
   }
   if (path.find('\0') != std::string::npos) {
-    throw Error("image path " + python_repr(python_path(path)) + ": contains a NUL character");
+    throw Error("image path " + python_str_repr(python_path(path)) + ": contains a NUL character");
   }
   const std::string shown = python_path(path);
   struct stat info {};

@@ -13,6 +13,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "python_text.hpp"
+
 namespace textcam::detail {
 
 constexpr int kFormatVersion = 2;
@@ -128,13 +130,6 @@ constexpr int kPythonJsonMaxDepth = 991;
 nlohmann::ordered_json python_json_loads(const std::string& text, bool allow_constants = false,
                                          int max_depth = kPythonJsonMaxDepth);
 
-// repr() of the value Python's json would have built: 'text', ['a', 'b'], {'k': 1.0}, None, True.
-std::string python_repr(const nlohmann::ordered_json& value);
-// str() of it (strings unquoted, the rest as repr).
-std::string python_str(const nlohmann::ordered_json& value);
-// repr() of a Python float: 0.1, 1e-05, 1e+16, inf.
-std::string python_float_repr(double value);
-// Number of Unicode code points in UTF-8 (or WTF-8) text, as Python's len() counts them.
-size_t python_len(const std::string& text);
+// repr(), str(), len() as Python: python_text.hpp
 
 }  // namespace textcam::detail

@@ -8,7 +8,7 @@
 #include <utility>
 
 #include "manifest.hpp"
-#include "path_text.hpp"
+#include "python_text.hpp"
 #include "safetensors.hpp"
 #include "textcam/textcam.hpp"
 

@@ -1,4 +1,4 @@
-// Paths and numbers printed as Python prints them (str(pathlib.Path), "{:,}"), and sha256.
+// Paths, numbers and values printed as Python prints them (str(pathlib.Path), "{:,}", repr()), and sha256.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -6,13 +6,13 @@
 #include <fstream>
 #include <string>
 
-#include "path_text.hpp"
+#include "python_text.hpp"
 #include "sha256.hpp"
 #include "textcam/textcam.hpp"
 
 using namespace textcam::detail;
 
-TEST(PathText, PythonPath) {
+TEST(PythonText, PythonPath) {
   // Expected values printed by Python 3.11: str(pathlib.Path(p)).
   const std::pair<const char*, const char*> cases[] = {
       {"", "."},        {".", "."},    {"./", "."},      {"//a", "//a"},       {"///a", "/a"},   {"//", "//"},
@@ -22,7 +22,7 @@ TEST(PathText, PythonPath) {
   for (const auto& [input, expected] : cases) EXPECT_EQ(python_path(input), expected) << input;
 }
 
-TEST(PathText, JoinPath) {
+TEST(PythonText, JoinPath) {
   EXPECT_EQ(join_path(".", "manifest.json"), "manifest.json");
   EXPECT_EQ(join_path("", "manifest.json"), "manifest.json");
   EXPECT_EQ(join_path("a/b/", "manifest.json"), "a/b/manifest.json");
@@ -33,7 +33,7 @@ TEST(PathText, JoinPath) {
   EXPECT_EQ(join_path("a", "/abs"), "/abs");
 }
 
-TEST(PathText, WithCommas) {
+TEST(PythonText, WithCommas) {
   EXPECT_EQ(with_commas(0), "0");
   EXPECT_EQ(with_commas(999), "999");
   EXPECT_EQ(with_commas(1000), "1,000");
@@ -45,7 +45,7 @@ TEST(PathText, WithCommas) {
   EXPECT_EQ(with_commas(-9223372036854775807LL - 1), "-9,223,372,036,854,775,808");
 }
 
-TEST(PathText, Sha256) {
+TEST(PythonText, Sha256) {
   const std::string path = (std::filesystem::temp_directory_path() / "textcam_sha256_test.bin").string();
   {
     std::ofstream out(path, std::ios::binary);
@@ -57,4 +57,26 @@ TEST(PathText, Sha256) {
   EXPECT_EQ(sha256_file(path, 2), "fb8e20fc2e4c3f248c60c39bd652f3c1347298bb977b8b4d5903b85055620603");  // "ab"
   std::remove(path.c_str());
   EXPECT_THROW(sha256_file(path, 10), textcam::Error);
+}
+
+TEST(PythonText, Repr) {
+  // Expected values printed by Python 3.11: repr(x).
+  EXPECT_EQ(python_str_repr("a"), "'a'");
+  EXPECT_EQ(python_str_repr("it's"), "\"it's\"");
+  EXPECT_EQ(python_str_repr("both ' and \""), "'both \\' and \"'");
+  EXPECT_EQ(python_str_repr("tab\tnew\nline\x01"), "'tab\\tnew\\nline\\x01'");
+  EXPECT_EQ(python_str_repr("caf\xc3\xa9"), "'caf\xc3\xa9'");  // printable: kept
+  EXPECT_EQ(python_str_repr("\xc2\xa0"), "'\\xa0'");           // no-break space: escaped
+  EXPECT_EQ(python_str_repr("\xe2\x80\x8b"), "'\\u200b'");     // zero-width space
+  EXPECT_EQ(python_float_repr(0.1), "0.1");
+  EXPECT_EQ(python_float_repr(1e-5), "1e-05");
+  EXPECT_EQ(python_float_repr(0.0001), "0.0001");
+  EXPECT_EQ(python_float_repr(1e16), "1e+16");
+  EXPECT_EQ(python_float_repr(123456789012345.0), "123456789012345.0");
+  EXPECT_EQ(python_float_repr(-0.0), "-0.0");
+  EXPECT_EQ(python_float_repr(2.5), "2.5");
+  EXPECT_EQ(python_repr(nlohmann::json::parse(R"({"b": [1, 2.0, null, true], "a": "x"})")),
+            "{'a': 'x', 'b': [1, 2.0, None, True]}");  // nlohmann::json sorts keys
+  EXPECT_EQ(python_repr(nlohmann::ordered_json::parse(R"({"b": 1, "a": false})")), "{'b': 1, 'a': False}");
+  EXPECT_EQ(python_len("caf\xc3\xa9"), 4U);
 }
