@@ -333,7 +333,8 @@ class Explainer:
     def _native_explain(self, images: Sequence[ImageInput], classes: np.ndarray, groups: bool) -> list[Explanation]:
         """The core on mixed inputs: JPEG and PNG files decoded there, everything else by Pillow first."""
         files = [i for i, item in enumerate(images) if isinstance(item, (str, Path)) and decodes_natively(item)]
-        others = [i for i in range(len(images)) if i not in set(files)]
+        natively = set(files)
+        others = [i for i in range(len(images)) if i not in natively]
         arrays = [np.asarray(self._decode(images[i])) for i in others]  # refuses bad inputs as the numpy path
         results: list = [None] * len(images)
         if files:
