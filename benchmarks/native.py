@@ -60,6 +60,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from latency import int_list  # the sibling benchmark's "1,8" parser (run as scripts, benchmarks/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -213,27 +214,13 @@ def cycle(paths: list[Path], count: int) -> list[Path]:
 
 
 def interleaved(calls: dict[str, Callable[[], object]], rounds: int, warmup: int, seed: int = 0) -> dict:
-    """Each callable ``rounds`` times in a shuffled order per round; medians of wall and process CPU (ms).
+    """Each callable ``rounds`` times in a shuffled order per round (textcam.runtime.timing); medians of
+    wall and process CPU (ms)."""
+    from textcam.runtime.timing import interleaved_medians
 
-    Process CPU time counts every thread of this process: with one intra-op thread, spinning off and
-    nothing else running in it, that is the call's own CPU."""
-    for function in calls.values():
-        for _ in range(warmup):
-            function()
-    order = list(calls)
-    shuffle = random.Random(seed)
-    wall: dict[str, list[float]] = {name: [] for name in order}
-    cpu: dict[str, list[float]] = {name: [] for name in order}
-    for _ in range(rounds):
-        shuffle.shuffle(order)
-        for name in order:
-            w0, c0 = time.perf_counter(), time.process_time()
-            calls[name]()
-            c1, w1 = time.process_time(), time.perf_counter()
-            wall[name].append((w1 - w0) * 1e3)
-            cpu[name].append((c1 - c0) * 1e3)
-    return {name: {"wall_ms": statistics.median(wall[name]), "cpu_ms": statistics.median(cpu[name]),
-                   "min_wall_ms": min(wall[name])} for name in calls}
+    stats = interleaved_medians(calls, rounds, warmup, seed)
+    return {name: {"wall_ms": s["median_ms"], "cpu_ms": s["cpu_median_ms"], "min_wall_ms": s["min_ms"]}
+            for name, s in stats.items()}
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -875,16 +862,6 @@ def plot(report: dict, path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # command line
-
-
-def int_list(value: str) -> list[int]:
-    try:
-        values = [int(v) for v in value.split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected integers separated by commas") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{value!r}: expected positive integers")
-    return values
 
 
 def size_pair(value: str) -> tuple[int, int]:

@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "textcam/textcam.hpp"
 
 namespace {
@@ -63,7 +65,8 @@ int main(int argc, char** argv) {
           try {
             lines[i] = textcam::to_json(explainer.explain_file(images[i]));
           } catch (const textcam::Error& error) {
-            lines[i] = std::string("{\"source\": \"") + images[i] + "\", \"error\": \"" + error.what() + "\"}";
+            lines[i] = nlohmann::json{{"source", images[i]}, {"error", error.what()}}.dump(
+                -1, ' ', false, nlohmann::json::error_handler_t::replace);
           }
         }
       });
