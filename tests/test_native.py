@@ -481,3 +481,27 @@ def test_info_says_which_path_runs(monkeypatch):
     monkeypatch.setenv("TEXTCAM_NATIVE", "0")
     shown = CliRunner().invoke(main, ["info", "default"]).output.splitlines()[-1]
     assert "TEXTCAM_NATIVE=0 switched it off" in shown
+
+
+def test_native_path_runs_without_torch(tmp_path):
+    """The core needs no torch, and runs without importing onnxruntime's Python module (only its library)."""
+    import subprocess
+    import sys
+
+    image = tmp_path / "scene.png"
+    Image.fromarray(_scenes(1, seed=13)[0]).save(image)
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'torchvision'):\n"
+        "    sys.modules[name] = None\n"  # any import of them now raises ImportError
+        "from textcam.runtime import Explainer\n"
+        f"with Explainer({str(DEFAULT_BUNDLE)!r}, native=True) as e:\n"
+        f"    r = e.explain({str(image)!r})\n"
+        "    assert e.native and e.selftest().passed\n"
+        "print('OK', r.label, [c.phrase for c in r.concepts][:1])\n"
+        "assert not [m for m in ('torch', 'onnxruntime') if sys.modules.get(m) is not None], 'imported'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TEXTCAM_NATIVE"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("OK ")
