@@ -383,24 +383,30 @@ def check(target: str, config: dict, batch: int, value: float, threshold: float,
             "threshold": threshold, "pass": bool(passed)}
 
 
+def dist_version(dist: str) -> str | None:
+    """The installed version of a distribution, or None."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model_name() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def machine_info(threads: int) -> dict:
     import onnxruntime
     import torch
 
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    cpu_model = platform.processor() or None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu_model = cpu_model_name()
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
         "cpu_model": cpu_model,
@@ -413,14 +419,14 @@ def machine_info(threads: int) -> dict:
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
         "versions": {
             "python": platform.python_version(),
-            "textcam": version("textcam"),
+            "textcam": dist_version("textcam"),
             "torch": torch.__version__,
-            "torchvision": version("torchvision"),
-            "onnx": version("onnx"),
-            "onnxscript": version("onnxscript"),
+            "torchvision": dist_version("torchvision"),
+            "onnx": dist_version("onnx"),
+            "onnxscript": dist_version("onnxscript"),
             "onnxruntime": onnxruntime.__version__,
-            "grad-cam": version("grad-cam"),
-            "torchcam": version("torchcam"),
+            "grad-cam": dist_version("grad-cam"),
+            "torchcam": dist_version("torchcam"),
             "numpy": np.__version__,
         },
     }

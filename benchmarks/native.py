@@ -56,11 +56,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from latency import int_list  # the sibling benchmark's "1,8" parser (run as scripts, benchmarks/ is on sys.path)
+from latency import cpu_model_name, dist_version, int_list  # run as scripts: benchmarks/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -623,22 +622,8 @@ def machine_info(service: Path | None) -> dict:
     import onnxruntime
     import textcam_native
 
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    cpu_model = platform.processor() or None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model_name(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
@@ -646,11 +631,11 @@ def machine_info(service: Path | None) -> dict:
         "cpp_host": str(service) if service else None,
         "versions": {
             "python": platform.python_version(),
-            "textcam": version("textcam"),
+            "textcam": dist_version("textcam"),
             "textcam_native": getattr(textcam_native, "__version__", None),
             "onnxruntime": onnxruntime.__version__,
             "numpy": np.__version__,
-            "pillow": version("pillow"),
+            "pillow": dist_version("pillow"),
         },
     }
 

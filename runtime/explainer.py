@@ -330,23 +330,36 @@ class Explainer:
         if pending:
             yield from self._explain_pending(pending, class_index, groups, with_images)
 
-    def _native_explain(self, images: Sequence[ImageInput], classes: np.ndarray, groups: bool) -> list[Explanation]:
-        """The core on mixed inputs: JPEG and PNG files decoded there, everything else by Pillow first."""
-        files = [i for i, item in enumerate(images) if isinstance(item, (str, Path)) and decodes_natively(item)]
-        natively = set(files)
-        others = [i for i in range(len(images)) if i not in natively]
-        arrays = [np.asarray(self._decode(images[i])) for i in others]  # refuses bad inputs as the numpy path
+    def _native_explain(self, images: Sequence[ImageInput], classes: np.ndarray, groups: bool,
+                        keep_errors: bool = False) -> list:
+        """The core on mixed inputs: JPEG and PNG files decoded there, everything else by Pillow first.
+
+        One Explanation per input, in order; an input that cannot be read raises its TextcamError, or
+        with ``keep_errors`` takes that error's place in the list (``explain_files``).
+        """
         results: list = [None] * len(images)
+        files, decoded, arrays = [], [], []
+        for i, item in enumerate(images):
+            if isinstance(item, (str, Path)) and decodes_natively(item):
+                files.append(i)
+                continue
+            try:
+                arrays.append(np.asarray(self._decode(item)))  # refuses bad inputs as the numpy path does
+                decoded.append(i)
+            except TextcamError as exc:
+                if not keep_errors:
+                    raise
+                results[i] = exc
         if files:
             found = self._core.explain_paths([Path(images[i]) for i in files], classes[files], groups)
             for i, result in zip(files, found, strict=True):
-                if isinstance(result, TextcamError):
+                if isinstance(result, TextcamError) and not keep_errors:
                     raise result
                 results[i] = result
-        if others:
-            sources = [str(images[i]) if isinstance(images[i], (str, Path)) else None for i in others]
-            found = self._core.explain_arrays(arrays, classes[others], groups, sources)
-            for i, result in zip(others, found, strict=True):
+        if decoded:
+            sources = [str(images[i]) if isinstance(images[i], (str, Path)) else None for i in decoded]
+            found = self._core.explain_arrays(arrays, classes[decoded], groups, sources)
+            for i, result in zip(decoded, found, strict=True):
                 results[i] = result
         return results
 
@@ -362,24 +375,7 @@ class Explainer:
 
     def _native_chunk(self, files: list[Path], class_index, groups: bool) -> Iterator[tuple]:
         classes = self.check_class_index(class_index, len(files))
-        native = [i for i, path in enumerate(files) if decodes_natively(path)]
-        results: list = [None] * len(files)
-        for i, result in zip(native, self._core.explain_paths([files[i] for i in native], classes[native], groups),
-                             strict=True):
-            results[i] = result
-        decoded, arrays = [], []
-        for i, path in enumerate(files):
-            if results[i] is None:
-                try:
-                    arrays.append(np.asarray(load_image(path, self.max_pixels)))
-                    decoded.append(i)
-                except TextcamError as exc:
-                    results[i] = exc
-        if decoded:
-            found = self._core.explain_arrays(arrays, classes[decoded], groups, [str(files[i]) for i in decoded])
-            for i, result in zip(decoded, found, strict=True):
-                results[i] = result
-        yield from zip(files, results, strict=True)
+        yield from zip(files, self._native_explain(files, classes, groups, keep_errors=True), strict=True)
 
     def _explain_pending(self, pending, class_index, groups=False, with_images=False):
         files, tensors, geometries, images = zip(*pending, strict=True)
@@ -505,6 +501,7 @@ class Explainer:
         from textcam.runtime.selftest import run_selftest
 
         if self._core is not None:
+            self.bundle.selftest_path  # noqa: B018 - checked here: the core reads it without a second sha256
             return self._core.selftest(self.bundle.path, self.backend)
         return run_selftest(self.bundle, explainer=self)
 

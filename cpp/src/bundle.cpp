@@ -19,59 +19,32 @@
 
 namespace textcam::detail {
 
-const char* file_kind_name(FileKind kind) {
-  switch (kind) {
-    case FileKind::kModel:
-      return "model";
-    case FileKind::kSemantics:
-      return "semantics";
-    case FileKind::kFusedGraph:
-      return "fused_graph";
-    case FileKind::kEngine:
-      return "engine";
-    case FileKind::kEngineOnnx:
-      return "engine_onnx";
-    case FileKind::kSelftest:
-      return "selftest";
-  }
-  return "file";
-}
-
 namespace {
 
-const char* kind_hint(FileKind kind) {
-  switch (kind) {
-    case FileKind::kModel:
-      return "re-run `textcam export`";
-    case FileKind::kSemantics:
-    case FileKind::kFusedGraph:
-      return "re-run `textcam semantics`";
-    case FileKind::kSelftest:
-      return "re-run `textcam export` (or `textcam semantics`)";
-    case FileKind::kEngine:
-    case FileKind::kEngineOnnx:
-      return "rebuild it with `textcam build-engine`";
-  }
-  return "";
+// Per FileKind (in its order): the manifest's name for the kind, what errors call it, their advice.
+struct KindText {
+  const char* name;
+  const char* what;
+  const char* hint;
+};
+
+const KindText& kind_text(FileKind kind) {
+  static const KindText table[] = {
+      {"model", "graph", "re-run `textcam export`"},
+      {"semantics", "semantics store", "re-run `textcam semantics`"},
+      {"fused_graph", "fused ranking graph", "re-run `textcam semantics`"},
+      {"engine", "TensorRT engine", "rebuild it with `textcam build-engine`"},
+      {"engine_onnx", "engine's reduced graph", "rebuild it with `textcam build-engine`"},
+      {"selftest", "self-test data", "re-run `textcam export` (or `textcam semantics`)"},
+  };
+  return table[static_cast<size_t>(kind)];
 }
 
-const char* kind_what(FileKind kind) {
-  switch (kind) {
-    case FileKind::kModel:
-      return "graph";
-    case FileKind::kSemantics:
-      return "semantics store";
-    case FileKind::kFusedGraph:
-      return "fused ranking graph";
-    case FileKind::kSelftest:
-      return "self-test data";
-    case FileKind::kEngine:
-      return "TensorRT engine";
-    case FileKind::kEngineOnnx:
-      return "engine's reduced graph";
-  }
-  return "file";
-}
+}  // namespace
+
+const char* file_kind_name(FileKind kind) { return kind_text(kind).name; }
+
+namespace {
 
 // ---- posixpath, as Python 3.11 writes it --------------------------------------------------
 
@@ -212,8 +185,8 @@ std::string Bundle::file(const FileRef& ref, FileKind kind, const std::string& h
     auto found = checked_->paths.find(ref.file);
     if (found != checked_->paths.end()) return found->second;
   }
-  const std::string what = kind_what(kind);
-  const std::string advice = hint.empty() ? kind_hint(kind) : hint;
+  const std::string what = kind_text(kind).what;
+  const std::string advice = hint.empty() ? kind_text(kind).hint : hint;
   std::string path = join_path(path_, ref.file);  // not const: returned by move
   const std::string root = python_realpath(path_);
   const std::string real = python_realpath(path);
@@ -234,7 +207,7 @@ std::string Bundle::file(const FileRef& ref, FileKind kind, const std::string& h
         ref.size_bytes ? "the manifest says " + with_commas(*ref.size_bytes) : "the limit is " + with_commas(cap);
     throw Error(path + ": " + with_commas(size) + " bytes, " + said + " (truncated or replaced); " + advice);
   }
-  if (sha256_file(real, size) != ref.sha256) {
+  if (verify_ && sha256_file(real, size) != ref.sha256) {
     throw Error(path + ": checksum differs from the manifest (file changed); " + advice);
   }
   std::lock_guard<std::mutex> lock(checked_->mutex);

@@ -14,13 +14,16 @@ namespace textcam::detail {
 
 class Bundle {
  public:
-  // Reads and validates the manifest; with verify, checks model.onnx's size and sha256 now.
+  // Reads and validates the manifest; with verify, checks model.onnx now. Without verify no file's
+  // sha256 is computed (a host that already checked them, e.g. the Python runtime); confinement, file
+  // type and size are always checked.
   static Bundle open(const std::string& dir, bool verify = true);
 
   const std::string& path() const { return path_; }  // as Python prints it (see python_text.hpp)
   const Manifest& info() const { return info_; }
 
-  // The checked path of a file the manifest names; `hint` replaces the generic advice.
+  // The checked path of a file the manifest names (inside the bundle, a regular file of the recorded
+  // size, and with verify the recorded sha256); `hint` replaces the generic advice.
   std::string file(const FileRef& ref, FileKind kind, const std::string& hint = "") const;
 
   std::string model_path() const { return file(info_.model, FileKind::kModel); }

@@ -21,6 +21,7 @@ constexpr int kFormatVersion = 2;
 constexpr int64_t kMaxManifestBytes = int64_t{16} << 20;
 
 // Largest file of each kind a bundle may name, as runtime/manifest.py FILE_CAPS.
+// (bundle.cpp's kind_text table follows this order)
 enum class FileKind { kModel, kSemantics, kFusedGraph, kEngine, kEngineOnnx, kSelftest };
 int64_t file_cap(FileKind kind);
 

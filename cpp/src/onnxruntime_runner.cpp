@@ -127,6 +127,11 @@ class OnnxRuntimeRunner final : public GraphRunner {
     for (size_t i = 0; i < session_->GetOutputCount(); ++i) {
       output_names_.emplace_back(session_->GetOutputNameAllocated(i, allocator).get());
     }
+    // Run() takes C strings: made once here (the strings above never change after this)
+    input_pointers_.reserve(input_names_.size());
+    output_pointers_.reserve(output_names_.size());
+    for (const auto& name : input_names_) input_pointers_.push_back(name.c_str());
+    for (const auto& name : output_names_) output_pointers_.push_back(name.c_str());
     if (input_names_ != expected_inputs) {
       throw Error(model_path + ": graph inputs " + python_list(input_names_) + " differ from the manifest's " +
                   python_list(expected_inputs) + "; re-run `textcam export`");
@@ -144,14 +149,10 @@ class OnnxRuntimeRunner final : public GraphRunner {
                                         image_shape.size()),
         Ort::Value::CreateTensor<int64_t>(memory, const_cast<int64_t*>(target_class), static_cast<size_t>(batch),
                                           class_shape.data(), class_shape.size())};
-    std::vector<const char*> input_names;
-    std::vector<const char*> output_names;
-    for (const auto& name : input_names_) input_names.push_back(name.c_str());
-    for (const auto& name : output_names_) output_names.push_back(name.c_str());
     std::vector<Ort::Value> values;
     try {
-      values = session_->Run(Ort::RunOptions{nullptr}, input_names.data(), inputs.data(), inputs.size(),
-                             output_names.data(), output_names.size());
+      values = session_->Run(Ort::RunOptions{nullptr}, input_pointers_.data(), inputs.data(), inputs.size(),
+                             output_pointers_.data(), output_pointers_.size());
     } catch (const Ort::Exception& exc) {
       throw Error("ONNX Runtime failed to run the graph (" + first_line(exc.what()) + ")");
     }
@@ -223,6 +224,8 @@ class OnnxRuntimeRunner final : public GraphRunner {
   std::unique_ptr<Ort::Session> session_;
   std::vector<std::string> input_names_;
   std::vector<std::string> output_names_;
+  std::vector<const char*> input_pointers_;
+  std::vector<const char*> output_pointers_;
 };
 
 }  // namespace

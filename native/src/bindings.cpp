@@ -15,13 +15,11 @@
 #include <string>
 #include <vector>
 
-#include "bundle.hpp"
 #include "concepts.hpp"
 #include "heatmap.hpp"
 #include "image_decode.hpp"
 #include "preprocess.hpp"
 #include "runner.hpp"
-#include "semantics.hpp"
 #include "textcam/textcam.hpp"
 
 namespace nb = nanobind;
@@ -263,14 +261,6 @@ NB_MODULE(textcam_native, m) {
   // ---- the steps, one by one (parity tests hold each to numpy's) ------------------------------
 
   m.def(
-      "open_bundle",
-      [](const std::string& path, bool verify) {
-        nb::gil_scoped_release released;
-        (void)textcam::detail::Bundle::open(path, verify);
-      },
-      "path"_a, "verify"_a = true, "Open and check a bundle as the core does; raises TextcamError like Bundle.open.");
-
-  m.def(
       "load_image",
       [](const std::string& path, int64_t max_pixels) {
         textcam::detail::RgbImage image;
@@ -283,19 +273,6 @@ NB_MODULE(textcam_native, m) {
         return to_numpy(std::move(image.pixels), {h, w, 3});
       },
       "path"_a, "max_pixels"_a = 72000000);
-
-  m.def(
-      "image_from_pixels",
-      [](const ByteArray& pixels, int64_t max_pixels) {
-        const int channels = pixels.ndim() == 3 ? static_cast<int>(pixels.shape(2)) : 1;
-        const textcam::ImageView view{pixels.data(), static_cast<int>(pixels.shape(0)),
-                                      static_cast<int>(pixels.shape(1)), channels};
-        auto image = textcam::detail::from_view(view, max_pixels);
-        const auto h = static_cast<size_t>(image.height);
-        const auto w = static_cast<size_t>(image.width);
-        return to_numpy(std::move(image.pixels), {h, w, 3});
-      },
-      "pixels"_a, "max_pixels"_a = 72000000);
 
   m.def(
       "preprocess",
@@ -324,16 +301,6 @@ NB_MODULE(textcam_native, m) {
         return to_numpy(std::move(full), {static_cast<size_t>(height), static_cast<size_t>(width)});
       },
       "cam"_a, "width"_a, "height"_a, "box"_a);
-
-  m.def(
-      "finish_map",
-      [](const nb::ndarray<const double, nb::c_contig, nb::device::cpu>& saliency, int height, int width) {
-        std::vector<double> values(saliency.data(), saliency.data() + saliency.size());
-        auto heat = textcam::detail::finish_map(values, static_cast<int>(saliency.shape(0)),
-                                                static_cast<int>(saliency.shape(1)), height, width);
-        return to_numpy(std::move(heat), {static_cast<size_t>(height), static_cast<size_t>(width)});
-      },
-      "saliency"_a, "height"_a, "width"_a);
 
   m.def(
       "select",
@@ -386,18 +353,4 @@ NB_MODULE(textcam_native, m) {
         return out;
       },
       "weights_row"_a, "activation_row"_a, "activations"_a, "S"_a, "T"_a, "selected"_a, "max_channels"_a = 64);
-
-  m.def(
-      "read_store",
-      [](const std::string& path, const std::string& model_sha256, int channels) {
-        auto store = textcam::detail::read_store(path, model_sha256, channels);
-        const auto c = static_cast<size_t>(store.channels);
-        const auto d = static_cast<size_t>(store.dim);
-        const size_t v = store.phrases.size();
-        nb::list phrases;
-        for (const auto& phrase : store.phrases) phrases.append(phrase);
-        return nb::make_tuple(to_numpy(std::move(store.channel_semantics), {c, d}),
-                              to_numpy(std::move(store.text_embeddings), {v, d}), phrases);
-      },
-      "path"_a, "model_sha256"_a, "channels"_a);
 }

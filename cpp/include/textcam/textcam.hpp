@@ -52,7 +52,7 @@ struct Options {
   int batch_size = 16;              // images per graph call, 1..4096
   int64_t max_pixels = 72000000;    // largest image decoded (width * height)
   bool use_fused = true;            // use the bundle's fused ranking graph when it ranks as asked
-  bool verify_checksums = true;     // sha256 of every bundle file on open
+  bool verify_checksums = true;     // sha256 of every bundle file read (false: a caller that checked them)
   ConceptOptions concepts;
 };
 
