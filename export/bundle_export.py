@@ -18,10 +18,10 @@ from torch import nn
 
 import textcam
 from textcam.errors import TextcamError
-from textcam.export.cam_methods import get_method
+from textcam.export.cam_methods import CamMethod, get_method
 from textcam.export.joint_graph import ACTIVATIONS_OUTPUT, INPUT_NAMES, OUTPUT_NAMES, JointExplainer
 from textcam.export.layout import LAYOUTS, infer_layout
-from textcam.export.target_layer import choose_layer, find_module, linear_head_weight, probe
+from textcam.export.target_layer import ProbedLayer, choose_layer, find_module, linear_head_weight, probe
 from textcam.export.tensorrt_compat import tensorrt_report
 from textcam.export.tracing import OPSET, export_onnx, trace_joint
 from textcam.export.verification import verify_onnx
@@ -163,36 +163,14 @@ def export_bundle(
         raise TextcamError(f"std={','.join(map(str, std))}: each value must be positive")
     timings: dict[str, float] = {}
 
-    # A private copy: switching off in-place ops (which clash with retaining activations and
-    # with the leaf the gradient is taken against) must not touch the caller's model.
-    model = copy.deepcopy(model).eval().float()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)  # only input-side gradients are ever needed
-    for module in model.modules():
-        if getattr(module, "inplace", False) is True:
-            module.inplace = False
-
     start = _stage(progress, "probing layers")
-    example = torch.randn(2, 3, *input_hw, generator=torch.Generator().manual_seed(0))
-    if target_layer is not None:
-        find_module(model, target_layer)
-    logits, records = probe(model, example)
-    layer = choose_layer(model, records, target_layer, input_hw)
-    if target_layer is None and progress:
-        progress(f"picked layer '{layer.name}' (output {tuple(layer.output.shape[1:])}); "
-                 "pass target_layer (--layer) to choose")
-    num_classes = int(logits.shape[1])
+    prepared = prepare_joint(model, target_layer, cam_method, input_hw, layout, with_activations, progress)
+    joint, layer, example, num_classes = prepared.joint, prepared.layer, prepared.example, prepared.num_classes
     if class_names is not None and len(class_names) != num_classes:
         raise TextcamError(
             f"class_names: {len(class_names)} names given, but the model has {num_classes} classes; "
             "give one name per class, in logit order"
         )
-    if layout != "auto":
-        layer.layout = infer_layout(layer.output, model, input_hw, layout)
-    head = linear_head_weight(model, layer, logits) if cam_method.needs_linear_head else None
-    joint = JointExplainer(
-        model, find_module(model, layer.name), cam_method, layer.layout, input_hw, head, with_activations
-    ).eval()
     timings["probe_s"] = time.perf_counter() - start
 
     with staged_bundle_dir(out, overwrite=force) as stage:
@@ -207,7 +185,7 @@ def export_bundle(
         timings["onnx_export_s"] = time.perf_counter() - start
 
         start = _stage(progress, "verifying against eager PyTorch on fresh inputs")
-        verification = verify_onnx(onnx_path, joint, input_hw)
+        verification = verify_onnx(onnx_path, joint, input_hw, mean=mean, std=std)
         timings["verify_s"] = time.perf_counter() - start
 
         onnx_model = onnx.load(str(onnx_path), load_external_data=False)
@@ -242,6 +220,52 @@ def export_bundle(
     written = manifest.to_dict()
     return ExportResult(out, layer.name, cam_method.name, dict(written.get("verification") or {}),
                         dict(manifest.timings), written)
+
+
+@dataclass(frozen=True)
+class PreparedJoint:
+    """The traceable joint module of an export, before tracing (see :func:`prepare_joint`)."""
+
+    joint: JointExplainer
+    layer: ProbedLayer
+    example: torch.Tensor
+    """The tracing example: [2, 3, H, W], seed 0."""
+    num_classes: int
+
+
+def prepare_joint(
+    model: nn.Module,
+    target_layer: str | None,
+    cam_method: CamMethod,
+    input_hw: tuple[int, int],
+    layout: str = "auto",
+    with_activations: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> PreparedJoint:
+    """A private eval-mode copy of ``model``, probed, with its layer chosen and wrapped for tracing."""
+    # A private copy: switching off in-place ops (which clash with retaining activations and
+    # with the leaf the gradient is taken against) must not touch the caller's model.
+    model = copy.deepcopy(model).eval().float()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)  # only input-side gradients are ever needed
+    for module in model.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+    example = torch.randn(2, 3, *input_hw, generator=torch.Generator().manual_seed(0))
+    if target_layer is not None:
+        find_module(model, target_layer)
+    logits, records = probe(model, example)
+    layer = choose_layer(model, records, target_layer, input_hw)
+    if target_layer is None and progress:
+        progress(f"picked layer '{layer.name}' (output {tuple(layer.output.shape[1:])}); "
+                 "pass target_layer (--layer) to choose")
+    if layout != "auto":
+        layer.layout = infer_layout(layer.output, model, input_hw, layout)
+    head = linear_head_weight(model, layer, logits) if cam_method.needs_linear_head else None
+    joint = JointExplainer(
+        model, find_module(model, layer.name), cam_method, layer.layout, input_hw, head, with_activations
+    ).eval()
+    return PreparedJoint(joint, layer, example, int(logits.shape[1]))
 
 
 def _graph_signature(model: onnx.ModelProto) -> GraphSection:

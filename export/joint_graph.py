@@ -25,6 +25,22 @@ ACTIVATIONS_OUTPUT = "activations"
 INPUT_NAMES = ("image", "target_class")
 
 
+def replace_first(output, first: Tensor):
+    """``output`` with ``first`` in place of its tensor (the whole output, or a tuple's first element).
+
+    Named tuples are rebuilt field by field, other sequences from a list (a plain tuple if their
+    type cannot be built that way), so the model's code after the layer reads them as before.
+    """
+    if not isinstance(output, (tuple, list)):
+        return first
+    if isinstance(output, tuple) and hasattr(output, "_replace") and hasattr(output, "_fields"):
+        return output._replace(**{output._fields[0]: first})
+    try:
+        return type(output)([first, *output[1:]])
+    except TypeError:
+        return (first, *output[1:])
+
+
 def minmax_normalize(maps: Tensor) -> Tensor:
     """Per image: (x - min) / (1e-7 + max(x - min)), pytorch-grad-cam's scale_cam_image."""
     flat = maps.flatten(1)
@@ -86,19 +102,18 @@ class JointExplainer(nn.Module):
             captured.append(leaf)
             # The model continues on a copy: an in-place op after the layer (DenseNet's
             # F.relu(features, inplace=True)) must not modify the leaf, which autograd forbids.
-            passed = leaf.clone()
-            if isinstance(output, (tuple, list)):
-                return type(output)([passed, *output[1:]])
-            return passed
+            return replace_first(output, leaf.clone())
 
         handle = self.target.register_forward_hook(keep_output)
         try:
             logits = self.model(image)
         finally:
             handle.remove()
-        if not captured:
-            raise RuntimeError("the target layer did not run during the forward pass")
-        layer_output = captured[-1]
+        if len(captured) != 1:
+            # The probe refuses such layers; a model whose call count changes between the probe
+            # and the trace must not have one of its calls explained silently.
+            raise RuntimeError(f"the target layer ran {len(captured)} times in the forward pass; it must run once")
+        layer_output = captured[0]
 
         num_classes = logits.shape[1]
         chosen = torch.where(target_class < 0, logits.argmax(dim=1), target_class)

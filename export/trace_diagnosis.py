@@ -61,6 +61,12 @@ def describe_trace_failure(exc: BaseException, joint: nn.Module) -> str:
             "`if x.mean() > 0`, .item(), .tolist()), which one static graph cannot express; "
             f"use tensor operations such as torch.where instead ({_root_cause(exc).split(' (unhinted')[0]})"
         )
+    if re.search(r"numpy\(\) is not supported|Cannot access data pointer|Cannot access storage", text):
+        return (
+            f"{where} takes a tensor's values out of torch (.numpy(), NumPy functions, or code that reads its "
+            "memory), which one traced graph cannot follow; use torch operations instead "
+            f"({_root_cause(exc)})"
+        )
     return f"{where} raised while tracing: {_root_cause(exc)}"
 
 

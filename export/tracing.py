@@ -42,8 +42,14 @@ from textcam.export.trace_patches import tracing_patches
 OPSET = 18
 
 
-def trace_joint(joint: nn.Module, image: torch.Tensor, target_class: torch.Tensor) -> torch.fx.GraphModule:
-    """Record forward + backward + CAM as a graph of aten ops with a symbolic batch."""
+def trace_joint(
+    joint: nn.Module, image: torch.Tensor, target_class: torch.Tensor, decompositions: dict | None = None
+) -> torch.fx.GraphModule:
+    """Record forward + backward + CAM as a graph of aten ops with a symbolic batch.
+
+    ``decompositions`` replaces textcam's table (``{}`` records the backward kernels as they are,
+    which is how benchmarks/backward_ops.py enumerates them).
+    """
     for p in joint.parameters():
         p.requires_grad_(False)
     try:
@@ -52,7 +58,7 @@ def trace_joint(joint: nn.Module, image: torch.Tensor, target_class: torch.Tenso
             return make_fx(
                 joint,
                 tracing_mode="symbolic",
-                decomposition_table=decomposition_table(),
+                decomposition_table=decomposition_table() if decompositions is None else decompositions,
                 _allow_non_fake_inputs=True,
                 record_module_stack=True,
             )(image, target_class)

@@ -117,11 +117,32 @@ def test_max_pool2d_backward_matches_autograd(case, values):
     torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
 
 
-def test_max_pool2d_backward_refuses_ceil_mode_and_dilation():
-    x = torch.randn(1, 1, 7, 7)
-    grad = torch.randn(1, 1, 4, 4)
-    assert D.max_pool2d_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1], True, None) is NotImplemented
-    assert D.max_pool2d_backward(grad, x, [2, 2], [2, 2], [0, 0], [2, 2], False, None) is NotImplemented
+MAX_POOL_MORE = {
+    # name: (input shape, kernel, stride, padding, dilation, ceil_mode)
+    "ceil mode 3x3 s2 (GoogLeNet, SqueezeNet)": ((2, 3, 8, 8), 3, 2, 0, 1, True),
+    "ceil mode 2x2 s2 odd size": ((1, 2, 7, 9), 2, 2, 0, 1, True),
+    "ceil mode with padding": ((1, 2, 10, 10), 3, 2, 1, 1, True),
+    "dilation 2": ((1, 2, 11, 11), 3, 1, 1, 2, False),
+    "dilation 2 s2 ceil": ((1, 2, 12, 13), 2, 2, 0, 2, True),
+}
+
+
+@pytest.mark.parametrize("values", list(TIE_INPUTS))
+@pytest.mark.parametrize("case", list(MAX_POOL_MORE))
+def test_max_pool2d_backward_ceil_mode_and_dilation_match_autograd(case, values):
+    shape, kernel, stride, padding, dilation, ceil = MAX_POOL_MORE[case]
+    x = TIE_INPUTS[values](shape)
+    upstream, expected = _input_grad(lambda t: F.max_pool2d(t, kernel, stride, padding, dilation, ceil), x)
+    got = D.max_pool2d_backward(upstream, x, [kernel] * 2, [stride] * 2, [padding] * 2, [dilation] * 2, ceil, None)
+    torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("values", list(TIE_INPUTS))
+def test_adaptive_max_pool2d_backward_global_matches_autograd(values):
+    x = TIE_INPUTS[values]((2, 3, 5, 6))
+    upstream, expected = _input_grad(lambda t: F.adaptive_max_pool2d(t, 1), x)
+    torch.testing.assert_close(D.adaptive_max_pool2d_backward(upstream, x, None), expected, rtol=RTOL, atol=ATOL)
+    assert D.adaptive_max_pool2d_backward(torch.ones(2, 3, 2, 2), x, None) is NotImplemented
 
 
 # --- adaptive_avg_pool2d_backward and avg_pool2d_backward -------------------------------------
@@ -158,6 +179,15 @@ AVG_CASES = {
     "3x3 s2 p1 odd size": ((1, 2, 11, 11), 3, 2, 1, True, None),
     "3x3 s2 divisor_override": ((1, 2, 9, 9), 3, 2, 0, True, 4),
     "padding without count_include_pad, no padding used": ((1, 2, 8, 8), 2, 2, 0, False, None),
+    "padding without count_include_pad (edge windows smaller)": ((1, 2, 8, 8), 3, 2, 1, False, None),
+}
+
+# ceil mode: the last windows run past the input (timm's avg-down shortcuts, Inception)
+AVG_CEIL_CASES = {
+    "2x2 s2 ceil odd size": ((1, 2, 7, 9), 2, 2, 0, True, None),
+    "3x3 s2 p1 ceil count_include_pad": ((1, 2, 10, 10), 3, 2, 1, True, None),
+    "3x3 s2 p1 ceil without count_include_pad": ((1, 2, 10, 10), 3, 2, 1, False, None),
+    "2x2 s2 ceil divisor_override": ((1, 2, 7, 7), 2, 2, 0, True, 3),
 }
 
 
@@ -173,10 +203,16 @@ def test_avg_pool2d_backward_matches_autograd(case):
     torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
 
 
-def test_avg_pool2d_backward_leaves_variable_divisors_to_the_exporter():
-    x, grad = torch.randn(1, 1, 8, 8), torch.randn(1, 1, 4, 4)
-    assert D.avg_pool2d_backward(grad, x, [3, 3], [2, 2], [1, 1], False, False, None) is NotImplemented
-    assert D.avg_pool2d_backward(grad, x, [3, 3], [2, 2], [1, 1], True, True, None) is NotImplemented
+@pytest.mark.parametrize("case", list(AVG_CEIL_CASES))
+def test_avg_pool2d_backward_ceil_mode_matches_autograd(case):
+    shape, kernel, stride, padding, include_pad, divisor = AVG_CEIL_CASES[case]
+    x = torch.randn(shape, generator=_generator())
+    upstream, expected = _input_grad(
+        lambda t: F.avg_pool2d(t, kernel, stride, padding, True, include_pad, divisor), x
+    )
+    got = D.avg_pool2d_backward(upstream, x, [kernel, kernel], [stride, stride], [padding, padding], True,
+                                include_pad, divisor)
+    torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
 
 
 # --- select_backward / slice_backward ------------------------------------------------------------
@@ -203,20 +239,125 @@ def _normalized(start, end, size):
     return start, end - start
 
 
-@pytest.mark.parametrize("scale", [1.0, 8.0, 40.0])  # 40: sigmoid saturates in float32
-def test_silu_backward_matches_autograd(scale):
-    x = torch.randn(2, 5, 7, 6, generator=_generator()) * scale
-    upstream, expected = _input_grad(F.silu, x)
-    torch.testing.assert_close(D.silu_backward(upstream, x), expected, rtol=RTOL, atol=ATOL)
+# --- max(dim), fold, upsampling ----------------------------------------------------------------
 
 
-def test_decomposition_table_covers_the_backward_ops():
-    aten = torch.ops.aten
-    table = D.decomposition_table()
-    for op in (aten.convolution_backward.default, aten.max_pool2d_with_indices_backward.default,
-               aten._adaptive_avg_pool2d_backward.default, aten.avg_pool2d_backward.default,
-               aten.silu_backward.default):
-        assert op in table
+@pytest.mark.parametrize("keepdim", [False, True])
+@pytest.mark.parametrize("dim", [1, -1])
+def test_max_dim_backward_scatter_matches_autograd(dim, keepdim):
+    x = torch.randint(0, 4, (2, 5, 6), generator=_generator()).float()  # ties: the kernel's index wins
+    indices = x.max(dim, keepdim).indices
+    upstream, expected = _input_grad(lambda t: t.max(dim, keepdim).values, x)
+    index, grad = (indices, upstream) if keepdim else (indices.unsqueeze(dim), upstream.unsqueeze(dim))
+    got = D.scatter_one_per_row(torch.zeros_like(x), dim, index, grad)
+    torch.testing.assert_close(got, expected)
+    assert D.scatter_one_per_row(x, dim, torch.cat([index, index], dim), torch.cat([grad, grad], dim)) is NotImplemented
+
+
+FOLD_CASES = {
+    # name: (channels, output size, kernel, dilation, padding, stride)
+    "2x2 s2 (patches)": (3, (8, 8), 2, 1, 0, 2),
+    "3x3 s1 p1 (overlapping)": (2, (7, 9), 3, 1, 1, 1),
+    "3x3 s2 p1 dilation 2": (2, (11, 10), 3, 2, 1, 2),
+}
+
+
+@pytest.mark.parametrize("case", list(FOLD_CASES))
+def test_col2im_is_the_backward_of_unfold(case):
+    channels, size, kernel, dilation, padding, stride = FOLD_CASES[case]
+    x = torch.randn(2, channels, *size, generator=_generator())
+    upstream, expected = _input_grad(lambda t: F.unfold(t, kernel, dilation, padding, stride), x)
+    args = (list(size), [kernel] * 2, [dilation] * 2, [padding] * 2, [stride] * 2)
+    torch.testing.assert_close(D.col2im(upstream, *args), expected, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(D.col2im(upstream[0], *args), expected[0], rtol=RTOL, atol=ATOL)  # unbatched
+
+
+UPSAMPLE_CASES = {
+    # name: (input hw, size or None, scale or None, mode, align_corners)
+    "nearest x2": ((5, 6), None, 2.0, "nearest", None),
+    "nearest to a size": ((5, 7), (12, 9), None, "nearest", None),
+    "nearest x1.5": ((4, 6), None, 1.5, "nearest", None),
+    "bilinear x2": ((5, 6), None, 2.0, "bilinear", False),
+    "bilinear to a size": ((5, 7), (11, 16), None, "bilinear", False),
+    "bilinear align_corners": ((5, 7), (11, 16), None, "bilinear", True),
+    "bilinear down": ((9, 8), (4, 5), None, "bilinear", False),
+}
+
+
+@pytest.mark.parametrize("case", list(UPSAMPLE_CASES))
+def test_upsample_backward_matches_autograd(case):
+    hw, size, scale, mode, align = UPSAMPLE_CASES[case]
+    x = torch.randn(2, 3, *hw, generator=_generator())
+
+    def forward(t):
+        return F.interpolate(t, size=size, scale_factor=scale, mode=mode, align_corners=align)
+
+    upstream, expected = _input_grad(forward, x)
+    scales = (scale, scale) if scale else (None, None)
+    if mode == "nearest":
+        got = D.upsample_nearest2d_backward(upstream, list(upstream.shape[2:]), list(x.shape), *scales)
+    else:
+        got = D.upsample_bilinear2d_backward(upstream, list(upstream.shape[2:]), list(x.shape), align, *scales)
+    torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+
+
+# --- the table: traced backwards are plain ops ----------------------------------------------------
+
+# forward functions whose backward kernels the table decomposes, each as a model would call it
+_P4, _P6 = torch.rand(4, generator=_generator(3)), torch.rand(6, generator=_generator(4))
+_KERNEL = torch.rand(5, 4, 3, 3, generator=_generator(5))
+TRACED_FORWARDS = {
+    "relu": F.relu,
+    "batch_norm (eval)": lambda t: F.batch_norm(t, _P4 - 0.5, _P4 + 1, _P4, -_P4),
+    "layer_norm": lambda t: F.layer_norm(t, (6,), _P6, -_P6),
+    "group_norm": lambda t: F.group_norm(t, 2, _P4, -_P4),
+    "softmax": lambda t: F.softmax(t, -1),
+    "log_softmax": lambda t: F.log_softmax(t, 1),
+    "gelu": F.gelu,
+    "gelu tanh": lambda t: F.gelu(t, approximate="tanh"),
+    "silu": F.silu,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "hardswish": F.hardswish,
+    "hardsigmoid": F.hardsigmoid,
+    "relu6": F.relu6,
+    "elu": F.elu,
+    "leaky_relu": F.leaky_relu,
+    "mish": F.mish,
+    "softplus": F.softplus,
+    "glu": lambda t: F.glu(t, 1),
+    "prelu": lambda t: F.prelu(t, _P4),
+    "max_pool ceil": lambda t: F.max_pool2d(t, 3, 2, 0, 1, True),
+    "avg_pool ceil": lambda t: F.avg_pool2d(t, 2, 2, 0, True, False),
+    "adaptive_avg_pool": lambda t: F.adaptive_avg_pool2d(t, (2, 3)),
+    "adaptive_max_pool 1x1": lambda t: F.adaptive_max_pool2d(t, 1),
+    "max(dim)": lambda t: t.max(dim=-1).values,
+    "unfold": lambda t: F.unfold(t, 2, stride=2),
+    "interpolate nearest": lambda t: F.interpolate(t, scale_factor=2),
+    "interpolate bilinear": lambda t: F.interpolate(t, size=(9, 10), mode="bilinear"),
+    "roll": lambda t: torch.roll(t, (1, 2), (2, 3)),
+    "slice and select": lambda t: t[:, 1:3, 0],
+    "conv": lambda t: F.conv2d(t, _KERNEL, stride=2, padding=1),
+}
+NOT_PLAIN = ("backward", "scatter", "index_put", "col2im")
+
+
+@pytest.mark.parametrize("name", list(TRACED_FORWARDS))
+def test_traced_backward_is_plain_ops_and_matches_autograd(name):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    forward = TRACED_FORWARDS[name]
+    x = torch.randn(2, 4, 6, 6, generator=_generator())
+    upstream, expected = _input_grad(forward, x)
+
+    def backward(t, g):
+        t = t.detach().requires_grad_(True)
+        return torch.autograd.grad(forward(t), t, g)[0]
+
+    graph = make_fx(backward, decomposition_table=D.decomposition_table())(x, upstream)
+    ops = {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
+    assert not [op for op in ops if any(word in op for word in NOT_PLAIN)], ops
+    torch.testing.assert_close(graph(x, upstream), expected, rtol=RTOL, atol=ATOL)
 
 
 class SiluNet(torch.nn.Module):
