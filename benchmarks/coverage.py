@@ -1,4 +1,60 @@
-"""placeholder, filled below"""
+"""The export coverage matrix: every torchvision classifier and the popular timm families, at the
+default layer and inner stages, exported and held against independent references.
+
+Each cell (model, layer, method) runs in a fresh child process (its own peak memory, a timeout,
+nothing cached) and records: whether the export succeeded, textcam's verification verdict and
+numbers (graph and eager float32 against float64), export time per stage, peak RSS, the joint
+ONNX size against the model's float32 weights, the static TensorRT-parser check (the real parser
+too where ``tensorrt`` is installed), and parity of the exported graph (ONNX Runtime, CPU, fresh
+inputs at batch 1 and 3) against pytorch-grad-cam and float64 eager autograd. Models are random
+initialized with BatchNorm statistics calibrated and the head re-drawn
+(:func:`textcam.export.reference.build_model`).
+
+Layers: ``default`` (what ``textcam export`` picks), ``stage-1`` / ``stage-2`` (the last layer
+whose grid is at least 2x / 4x the default layer's on each side: the previous stages' outputs).
+
+Results accumulate in ``results/coverage.json`` (one entry per cell; a re-run skips cells already
+there unless ``--redo``) and ``results/coverage.md`` is rewritten from it after every cell, so
+the whole matrix (hours) can run in slices and resume::
+
+    python benchmarks/coverage.py                                   # everything
+    python benchmarks/coverage.py --family torchvision --layers default
+    python benchmarks/coverage.py --slice 2/4                       # the 2nd quarter of the cells
+    python benchmarks/coverage.py --models 'torchvision:resnet*' --methods all
+    python benchmarks/coverage.py --report                          # rewrite coverage.md only
+
+Needs the ``[export,dev]`` extras (pytorch-grad-cam); timm for its rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ALL_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "cam")
+# every method runs on these (one per family of architecture); gradcam on all
+ALL_METHODS_ON = (
+    "torchvision:resnet50",
+    "torchvision:efficientnet_b0",
+    "torchvision:convnext_tiny",
+    "torchvision:vit_b_16",
+    "torchvision:swin_t",
+    "timm:vit_small_patch16_224",
+)
+LAYERS = ("default", "stage-1", "stage-2")
+HEATMAP_TARGET = 1e-4
+LOGITS_TARGET = 1e-4
+EXPORT_TIME_TARGET_S = 120
+EXPORT_MEMORY_TARGET_MB = 4096
 
 TIMM_MODELS = (
     "timm:resnet50",
@@ -60,3 +116,340 @@ def input_size_for(spec: str, small: bool = False) -> int:
 
         return int(timm.get_pretrained_cfg(name).input_size[-1]) if timm.get_pretrained_cfg(name) else 224
     return 224
+
+
+def cell_id(spec: str, layer: str, method: str) -> str:
+    return f"{spec}|{layer}|{method}"
+
+
+def cells(args) -> list[tuple[str, str, str]]:
+    specs = []
+    if args.family in ("all", "torchvision"):
+        specs += [f"torchvision:{name}" for name in torchvision_models()]
+    if args.family in ("all", "timm"):
+        specs += list(TIMM_MODELS)
+    if args.models:
+        matched = [s for s in specs if any(fnmatch.fnmatch(s, pattern) for pattern in args.models)]
+        # a name outside the lists runs too (and fails with its reason if it does not exist)
+        specs = matched + [m for m in args.models if m not in matched and not any(c in m for c in "*?[")]
+    layers = args.layers.split(",")
+    out = []
+    for spec in specs:
+        for layer in layers:
+            methods = (
+                ALL_METHODS
+                if args.methods == "all" or (args.methods == "auto" and spec in ALL_METHODS_ON and layer == "default")
+                else ("gradcam",)
+            )
+            if args.methods not in ("all", "auto"):
+                methods = tuple(args.methods.split(","))
+            out += [(spec, layer, method) for method in methods]
+    if args.slice:
+        index, count = (int(v) for v in args.slice.split("/"))
+        out = out[index - 1 :: count]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# one cell, in a child process
+
+
+def pick_layer(model, kind: str, input_hw) -> object:
+    """The probed layer for ``default`` / ``stage-1`` / ``stage-2``."""
+    import torch
+
+    from textcam.export.target_layer import choose_layer, probe
+
+    _, records = probe(model, torch.randn(2, 3, *input_hw, generator=torch.Generator().manual_seed(0)))
+    default = choose_layer(model, records, None, input_hw)
+    if kind == "default":
+        return default
+    factor = {"stage-1": 2, "stage-2": 4}[kind]
+    h, w = default.layout.grid
+    candidates = [
+        r
+        for r in records
+        if r.layout is not None
+        and r.spatial_gradient
+        and r.name
+        and r.layout.grid[0] >= factor * h
+        and r.layout.grid[1] >= factor * w
+        and len(r.name.split(".")) <= len(default.name.split(".")) + 1
+    ]
+    if not candidates:
+        raise LookupError(f"no layer with a grid {factor}x the default's {h}x{w}")
+    return candidates[-1]
+
+
+def tensorrt_parse(onnx_path: Path) -> str | None:
+    """'ok' or the parser's first error, with TensorRT installed; None without it."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return None
+    builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, trt.Logger(trt.Logger.ERROR))
+    if parser.parse_from_file(str(onnx_path)):
+        return "ok"
+    return str(parser.get_error(0)) if parser.num_errors else "failed"
+
+
+def child(spec: dict) -> dict:
+    import numpy as np  # noqa: F401 (the references need it loaded before torch threads start)
+    import torch
+
+    from textcam.export.parity_matrix import compare, export_despite_verification, failures, open_session
+    from textcam.export.reference import Case, build_model
+
+    torch.set_num_threads(spec["threads"])
+    model_spec, layer_kind, method = spec["model"], spec["layer"], spec["method"]
+    size = spec["input_size"] or input_size_for(model_spec)
+    input_hw = (size, size)
+
+    def build():
+        from textcam.export.model_source import load_model
+
+        return load_model(model_spec).module
+
+    row: dict = {"input_size": size}
+    start = time.perf_counter()
+    try:
+        model = build_model(Case(model_spec, "", build, input_hw))  # parameters keep requires_grad (pytorch-grad-cam)
+        layer = pick_layer(model, layer_kind, input_hw)
+    except Exception as exc:  # a model that cannot be built or has no such stage: the cell's result
+        row.update(status="export failed", error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:400]}")
+        return row
+    layout = layer.layout
+    case = Case(model_spec, layer.name, build, input_hw, layout.kind, layout.prefix_tokens, cam_ok=True)
+    row.update(
+        layer_name=layer.name,
+        layout=layout.kind,
+        grid=list(layout.grid),
+        params=sum(p.numel() for p in model.parameters()),
+        build_s=round(time.perf_counter() - start, 1),
+    )
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = Path(spec["work"]) / "bundle.textcam"
+    start = time.perf_counter()
+    try:
+        export_despite_verification(case, model, method, out)
+    except Exception as exc:  # the export's own one-line error is the cell's result
+        row.update(
+            status="export failed", error=str(exc).splitlines()[0][:400], export_s=round(time.perf_counter() - start, 1)
+        )
+        return row
+    row["export_s"] = round(time.perf_counter() - start, 1)
+    row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    row["model_rss_mb"] = round(baseline, 1)
+    manifest = json.loads((out / "manifest.json").read_text())
+    row["timings"] = manifest["timings"]
+    row["verification"] = manifest["verification"]
+    row["onnx_mb"] = round(manifest["model"]["size_bytes"] / 1e6, 2)
+    row["onnx_vs_weights"] = round(manifest["model"]["size_bytes"] / (4 * row["params"]), 3)
+    row["tensorrt_static"] = manifest["tensorrt"]
+    row["tensorrt_parser"] = tensorrt_parse(out / "model.onnx")
+    session = open_session(out)
+    start = time.perf_counter()
+    batches = [compare(case, model, session, method, b) for b in (1, 3)]
+    row["compare_s"] = round(time.perf_counter() - start, 1)
+    keys = (
+        "heatmap_max_abs",
+        "logits_rel",
+        "weights_rel",
+        "activation_rel",
+        "heatmap_vs_fp64_onnx",
+        "heatmap_vs_fp64_library",
+        "weights_vs_fp64_onnx",
+        "weights_vs_fp64_eager32",
+    )
+    row.update({key: max(b[key] for b in batches) for key in keys})
+    row["parity_problems"] = [f"b{b['batch']}: {p}" for b in batches for p in failures(case, method, b)]
+    verified = bool(row["verification"].get("passed"))
+    row["status"] = "ok" if verified else "refused by verification"
+    row["cause"] = cause(row)
+    return row
+
+
+def cause(row: dict) -> str:
+    """Why a cell misses a parity target, from its own numbers ('' when it meets them)."""
+    if row.get("status") != "ok" and row.get("status") != "refused by verification":
+        return row.get("error", "")
+    misses = []
+    if row["heatmap_max_abs"] > HEATMAP_TARGET:
+        if row["heatmap_vs_fp64_onnx"] <= 2 * row["heatmap_vs_fp64_library"] + 1e-5:
+            misses.append(
+                "heatmap: pytorch-grad-cam's float32 map is as far from float64 as the graph's "
+                f"({row['heatmap_vs_fp64_library']:.1e} vs {row['heatmap_vs_fp64_onnx']:.1e})"
+            )
+        else:
+            misses.append(
+                f"heatmap: the graph is {row['heatmap_vs_fp64_onnx']:.1e} from float64, "
+                f"pytorch-grad-cam {row['heatmap_vs_fp64_library']:.1e}"
+            )
+    if row["logits_rel"] > LOGITS_TARGET:
+        misses.append(f"logits {row['logits_rel']:.1e} from eager float32")
+    trivial = [p for p in row["parity_problems"] if "trivial" in p or "class" in p]
+    misses += sorted(set(p.split(": ", 1)[1] for p in trivial))
+    return "; ".join(misses)
+
+
+def run_cell(spec: str, layer: str, method: str, args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="textcam-coverage-") as work:
+        payload = {
+            "model": spec,
+            "layer": layer,
+            "method": method,
+            "work": work,
+            "threads": args.threads,
+            "input_size": args.input_size,
+        }
+        command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(payload)]
+        start = time.perf_counter()
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            return {"status": "timeout", "error": f"no result within {args.timeout} s", "wall_s": args.timeout}
+        wall = round(time.perf_counter() - start, 1)
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            tail = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
+            return {"status": "crashed", "error": f"exit {done.returncode}: {tail[0][:300]}", "wall_s": wall}
+        row = json.loads(lines[-1])
+        row["wall_s"] = wall
+        return row
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def load_results(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"cells": {}}
+
+
+def save_results(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "coverage.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, out / "coverage.json")
+    (out / "coverage.md").write_text(markdown(results))
+
+
+def _share(rows: list[dict]) -> str:
+    ok = sum(1 for r in rows if r.get("status") == "ok")
+    return f"{ok}/{len(rows)} ({100 * ok / len(rows):.0f}%)" if rows else "0/0"
+
+
+def markdown(results: dict) -> str:
+    rows = [dict(row, id=key) for key, row in sorted(results["cells"].items())]
+    tv_default = [r for r in rows if r["id"].startswith("torchvision:") and "|default|" in r["id"]]
+    ok_rows = [r for r in rows if r.get("status") == "ok"]
+    slow = [r for r in ok_rows if r["id"].startswith("torchvision:") and r.get("export_s", 0) > EXPORT_TIME_TARGET_S]
+    big = [
+        r for r in ok_rows if r["id"].startswith("torchvision:") and r.get("peak_rss_mb", 0) > EXPORT_MEMORY_TARGET_MB
+    ]
+    lines = [
+        "# Export coverage",
+        "",
+        f"Generated by `benchmarks/coverage.py` (last cell {results.get('updated', '?')}; "
+        f"{results.get('machine', '')}). Random-init models, BatchNorm calibrated, head re-drawn; each cell "
+        "exported in a fresh process; parity on fresh inputs, batch 1 and 3.",
+        "",
+        f"- torchvision at the default layer: **{_share(tv_default)}** exported and verified (target 100%)",
+        f"- all cells: **{_share(rows)}** (target >= 95%)",
+        f"- torchvision exports over {EXPORT_TIME_TARGET_S} s: {len(slow)}; over {EXPORT_MEMORY_TARGET_MB} MB "
+        f"peak RSS: {len(big)}",
+        "",
+        "Columns: export s (trace / onnx / verify); peak RSS of the export process; ONNX size over the "
+        "float32 weights; TensorRT: static parser check (`ok` or the first problem); heatmap vs pytorch-grad-cam "
+        "(max abs) / logits vs eager (rel); verification: the graph's channel-weight error vs float64 / eager "
+        "float32's (the export refuses when the graph's exceeds 4x eager's + a floor). Cause: why a cell misses.",
+        "",
+        "| model | layer | method | status | export s (trace/onnx/verify) | peak MB | ONNX/weights | TensorRT "
+        "| heatmap / logits | weights err graph / eager32 | cause |",
+        "|---|---|---|---|---|---:|---:|---|---|---|---|",
+    ]
+    for r in rows:
+        model, layer, method = r["id"].split("|")
+        name = f"{layer} `{r['layer_name']}`" if r.get("layer_name") else layer
+        t = r.get("timings", {})
+        export = (
+            f"{r['export_s']:.0f} ({t.get('trace_s', 0):.0f}/{t.get('onnx_export_s', 0):.0f}/"
+            f"{t.get('verify_s', 0):.0f})"
+            if "timings" in r
+            else f"{r.get('export_s', r.get('wall_s', 0)):.0f}"
+        )
+        trt = r.get("tensorrt_static", {})
+        trt_text = "-" if not trt else "ok" if trt.get("compatible") else (trt.get("problems") or ["?"])[0]
+        parity = f"{r['heatmap_max_abs']:.1e} / {r['logits_rel']:.1e}" if "heatmap_max_abs" in r else "-"
+        v = r.get("verification", {})
+        weights = (
+            f"{v['channel_weights_max_rel_err']:.1e} / {v['eager_float32']['channel_weights_max_rel_err']:.1e}"
+            if "eager_float32" in v
+            else "-"
+        )
+        cause_text = (r.get("cause") or r.get("error") or "").replace("|", "/")
+        lines.append(
+            f"| {model} | {name} | {method} | {r['status']} | {export} | {r.get('peak_rss_mb', 0):.0f} | "
+            f"{r.get('onnx_vs_weights', 0):.3f} | {trt_text} | {parity} | {weights} | {cause_text} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    import platform
+
+    import torch
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=("all", "torchvision", "timm"), default="all")
+    parser.add_argument("--models", nargs="*", help="model specs or glob patterns (e.g. 'torchvision:vit_*')")
+    parser.add_argument("--layers", default=",".join(LAYERS), help="comma-separated: default,stage-1,stage-2")
+    parser.add_argument(
+        "--methods",
+        default="auto",
+        help="'auto' (all methods on a few models' default layer, gradcam elsewhere), 'all', or a comma-separated list",
+    )
+    parser.add_argument("--slice", help="I/N: run every N-th cell starting at the I-th (for parallel machines)")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell (default 1800)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per cell")
+    parser.add_argument("--input-size", type=int, default=0, help="override every model's input size (0: own)")
+    parser.add_argument("--redo", action="store_true", help="run cells that already have a result")
+    parser.add_argument("--report", action="store_true", help="only rewrite coverage.md from coverage.json")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    results = load_results(args.out / "coverage.json")
+    if args.report:
+        save_results(results, args.out)
+        return
+    todo = [c for c in cells(args) if args.redo or cell_id(*c) not in results["cells"]]
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress bars are a nicety
+        tqdm = None
+    bar = tqdm(todo, unit="cell") if tqdm else todo
+    for spec, layer, method in bar:
+        if tqdm:
+            bar.set_description(f"{spec} {layer} {method}")
+        row = run_cell(spec, layer, method, args)
+        results["cells"][cell_id(spec, layer, method)] = row
+        results["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        results["machine"] = machine()
+        save_results(results, args.out)
+        message = f"{spec} {layer} {method}: {row['status']} {row.get('export_s', row.get('wall_s', 0))} s"
+        (bar.write if tqdm else print)(
+            message + (f" ({row.get('error') or row.get('cause')})" if row.get("error") or row.get("cause") else "")
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -84,11 +84,18 @@ class ExportResult:
 
 
 def _parse_size(input_size) -> tuple[int, int]:
+    given = input_size
+    if isinstance(input_size, str):  # "224" or "224x288", as the CLI takes it
+        parts = [part.strip() for part in input_size.lower().split("x")]
+        if len(parts) == 2:
+            input_size = tuple(int(v) if v.isdigit() else v for v in parts)
+        else:
+            input_size = int(parts[0]) if len(parts) == 1 and parts[0].isdigit() else ()
     try:
         size = (input_size, input_size) if isinstance(input_size, numbers.Integral) else tuple(input_size)
     except TypeError:
         size = ()
-    shown = "x".join(str(s) for s in size) if size else repr(input_size)
+    shown = given if isinstance(given, str) else "x".join(str(s) for s in size) if size else repr(given)
     if len(size) != 2 or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size):
         raise TextcamError(f"input_size={shown}: expected H or HxW (integers), e.g. 224 or 224x288")
     if not all(8 <= s <= 4096 for s in size):

@@ -117,9 +117,7 @@ class JointExplainer(nn.Module):
 
         num_classes = logits.shape[1]
         chosen = torch.where(target_class < 0, logits.argmax(dim=1), target_class)
-        one_hot = (torch.arange(num_classes, device=logits.device)[None, :] == chosen[:, None]).to(
-            logits.dtype
-        )
+        one_hot = (torch.arange(num_classes, device=logits.device)[None, :] == chosen[:, None]).to(logits.dtype)
         if self.method.needs_linear_head:
             gradient = torch.zeros_like(layer_output)
             extra = {"class_weights": one_hot @ self.head_weight}

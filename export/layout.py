@@ -69,9 +69,19 @@ def infer_layout(
             f"the layer's output has shape {tuple(shape)}, which has no spatial grid; "
             "choose a convolutional or transformer-block layer"
         )
-    if layout == "nhwc" or (layout == "auto" and _is_channels_last_family(model)):
+    if layout == "nhwc" or (layout == "auto" and _is_channels_last_family(model) and _reads_as_channels_last(shape,
+                                                                                                          input_hw)):
         return Layout("nhwc", shape[3], (shape[1], shape[2]))
     return Layout("nchw", shape[1], (shape[2], shape[3]))
+
+
+def _reads_as_channels_last(shape: torch.Size, input_hw: tuple[int, int]) -> bool:
+    """In a channels-last family, is this 4-d output [B, h, w, C]? Its blocks are, but the model's
+    own ``permute`` back to [B, C, h, w] and the pooling after it are not: an [h, w] reading must
+    have the input's aspect ratio and fit inside it, and the [C, h] one of a channels-first
+    tensor does not."""
+    h, w = int(shape[1]), int(shape[2])
+    return h * input_hw[1] == w * input_hw[0] and h <= input_hw[0] and w <= input_hw[1]
 
 
 def _known_prefix_tokens(model: torch.nn.Module) -> int | None:

@@ -40,7 +40,7 @@ class ProbedLayer:
     modified_in_place: bool = False
     """The model changed the output in place after the module returned it (e.g. F.relu_)."""
     calls: int = 1
-    """How many times the module ran in one forward pass (more than once: shared weights)."""
+    """How many times the module ran in one forward pass (more than once: a shared module)."""
     reaches_logits: bool = False
     """The logits' gradient reaches the output (not cut by .detach(), torch.no_grad() or an integer cast)."""
 
@@ -108,7 +108,7 @@ def probe(model: nn.Module, example: Tensor) -> tuple[Tensor, ProbeRecords]:
         if name:
             hooks.append(module.register_forward_hook(record(name)))
     # A copy that requires grad, so every activation joins the autograd graph; the model gets a
-    # non-leaf view of it, so that an in-place op on its input is not an autograd error here.
+    # non-leaf copy of that, so that an in-place op on its input is caught below, not an autograd error.
     image = example.clone().requires_grad_(True)
     given = image.clone()
     try:
@@ -199,12 +199,14 @@ def _check_logits(logits, batch: int) -> None:
         elif not logits.is_floating_point():
             problem = f"it returned {_describe(logits)}, not float logits"
         elif logits.shape[0] != batch:
-            problem = f"it returned {tuple(logits.shape)} for a batch of {batch} images (the first dimension must be the batch)"
+            shape = tuple(logits.shape)
+            problem = f"it returned {shape} for a batch of {batch} images (the first dimension must be the batch)"
         if problem:
             raise TextcamError(f"the model must return logits of shape [batch, classes]; {problem}")
         return
     # A dict, a tuple (logits, aux) or a HuggingFace-style output: textcam does not guess which
     # entry is the logits; a one-line wrapper says it once and for all.
+    pick = None
     if isinstance(getattr(logits, "logits", None), Tensor):
         what, pick = f"{type(logits).__name__} with .logits {tuple(logits.logits.shape)}", "model(x).logits"
     elif isinstance(logits, dict):
@@ -212,16 +214,17 @@ def _check_logits(logits, batch: int) -> None:
         shown = ", ".join(repr(k) for k in keys[:4]) + (", ..." if len(keys) > 4 else "")
         what = f"dict with keys {shown}" if keys else "empty dict"
         likely = [k for k in keys if str(k) == "logits"] or keys[:1]
-        pick = f"model(x)[{likely[0]!r}]" if likely else "the logits tensor"
+        pick = f"model(x)[{likely[0]!r}]" if likely else None
     elif isinstance(logits, (tuple, list)):
-        parts = ", ".join(tuple(v.shape).__repr__() if isinstance(v, Tensor) else type(v).__name__ for v in logits[:4])
+        parts = ", ".join(repr(tuple(v.shape)) if isinstance(v, Tensor) else type(v).__name__ for v in logits[:4])
         what = f"{type(logits).__name__} of {len(logits)} ({parts}{', ...' if len(logits) > 4 else ''})"
-        pick = "model(x)[0]" if logits and isinstance(logits[0], Tensor) else "the logits tensor"
+        pick = "model(x)[0]" if logits and isinstance(logits[0], Tensor) else None
     else:
-        what, pick = type(logits).__name__, "the logits tensor"
+        what = type(logits).__name__
+    example = f", e.g. {pick}" if pick else ""
     raise TextcamError(
         f"the model must return logits of shape [batch, classes]; it returned {what}; wrap it in a module "
-        f"whose forward returns the logits tensor, e.g. {pick}"
+        f"whose forward returns the logits tensor{example}"
     )
 
 
@@ -242,9 +245,10 @@ def _check_consistent(model: nn.Module, example: Tensor, logits: Tensor) -> None
             ) from None
         if not isinstance(single, Tensor) or single.shape != (1, logits.shape[1]):
             shape = tuple(single.shape) if isinstance(single, Tensor) else type(single).__name__
+            squeezed = " (a .squeeze() that drops the batch dimension?)" if shape == (logits.shape[1],) else ""
             raise TextcamError(
                 f"the model must return logits of shape [batch, classes]; it returned {shape} for one image and "
-                f"{tuple(logits.shape)} for {logits.shape[0]} (a .squeeze() that drops the batch dimension?)"
+                f"{tuple(logits.shape)} for {logits.shape[0]}{squeezed}"
             )
         if same(single, logits[:1]):
             return
@@ -276,26 +280,26 @@ def choose_layer(
             # Each call has its own output and gradient; explaining one of them silently would
             # show a map the user did not ask for.
             raise TextcamError(
-                f"target_layer={name!r}: the module runs {len(calls)} times in one forward pass (shared weights), so "
-                f"which of its outputs to explain is ambiguous; choose a layer that runs once, e.g. {suggestion!r}"
+                f"target_layer={name!r}: the module runs {len(calls)} times in one forward pass (it is shared), so "
+                f"which of its outputs to explain is ambiguous; choose a layer that runs once{suggestion}"
             )
         if calls == []:
             raise TextcamError(
                 f"target_layer={name!r}: this module did not run in the forward pass; choose a layer the model "
-                f"calls, e.g. {suggestion!r}"
+                f"calls{suggestion}"
             )
         if not matches:
             said = f"its output is {calls[0]}, not a float tensor" if calls else "its output is not a float tensor"
             raise TextcamError(
                 f"target_layer={name!r}: {said} (textcam explains a tensor output, or the first element of a "
-                f"tuple); choose another layer, e.g. {suggestion!r}"
+                f"tuple); choose another layer{suggestion}"
             )
         layer = matches[-1]
         shape = tuple(layer.output.shape)
         if batch is not None and layer.output.dim() >= 1 and shape[0] != batch:
             raise TextcamError(
                 f"target_layer={name!r}: its output {shape} does not start with the batch dimension ({batch}), so it "
-                f"has no map per image; choose another layer, e.g. {suggestion!r}"
+                f"has no map per image; choose another layer{suggestion}"
             )
         if layer.layout is None or layer.layout.grid == (1, 1):
             at = f" at input_size={input_hw[0]}x{input_hw[1]}" if input_hw else ""
@@ -303,13 +307,13 @@ def choose_layer(
             larger = "" if pooled or not input_hw else ", or a larger input size"
             raise TextcamError(
                 f"target_layer={name!r}: its output {shape}{at} has no spatial grid to explain; choose an "
-                f"earlier layer, e.g. {suggestion!r}{larger}"
+                f"earlier layer{suggestion}{larger}"
             )
         if outputs is not None and not layer.reaches_logits:
             raise TextcamError(
                 f"target_layer={name!r}: the logits do not depend on its output through differentiable operations "
                 f"(an unused branch, or .detach(), torch.no_grad() or an integer cast after it?), so it has no "
-                f"gradient; choose a layer the logits depend on, e.g. {suggestion!r}"
+                f"gradient; choose a layer the logits depend on{suggestion}"
             )
         return layer
     candidates = _candidates(records)
@@ -327,9 +331,7 @@ def _candidates(records: list[ProbedLayer]) -> list[ProbedLayer]:
     """Layers a default choice may take: a spatial output with a gradient, from a module that runs once
     (a shared module, e.g. one ReLU used twice, names two activations)."""
     return [
-        r
-        for r in records
-        if r.layout is not None and r.layout.grid != (1, 1) and r.spatial_gradient and r.calls == 1
+        r for r in records if r.layout is not None and r.layout.grid != (1, 1) and r.spatial_gradient and r.calls == 1
     ]
 
 
@@ -351,8 +353,9 @@ def probe_layer(model: nn.Module, name: str, input_hw: tuple[int, int]) -> Probe
 
 
 def _suggest(records: list[ProbedLayer]) -> str:
+    """', e.g. 'layer4'': the layer a default choice would take, or '' when there is none."""
     candidates = _candidates(records)
-    return candidates[-1].name if candidates else "a convolutional layer"
+    return f", e.g. {candidates[-1].name!r}" if candidates else ""
 
 
 def linear_head_weight(model: nn.Module, layer: ProbedLayer, logits: Tensor) -> Tensor:

@@ -30,11 +30,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch._dynamo.source import ConstantSource
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from textcam.errors import TextcamError
 from textcam.export.decompositions import decomposition_table
+from textcam.export.graph_passes import simplify
 from textcam.export.joint_graph import ACTIVATIONS_OUTPUT, INPUT_NAMES, OUTPUT_NAMES
 from textcam.export.trace_diagnosis import describe_failure, describe_trace_failure
 from textcam.export.trace_patches import tracing_patches
@@ -43,27 +47,56 @@ OPSET = 18
 
 
 def trace_joint(
-    joint: nn.Module, image: torch.Tensor, target_class: torch.Tensor, decompositions: dict | None = None
+    joint: nn.Module,
+    image: torch.Tensor,
+    target_class: torch.Tensor,
+    decompositions: dict | None = None,
+    simplified: bool = True,
 ) -> torch.fx.GraphModule:
     """Record forward + backward + CAM as a graph of aten ops with a symbolic batch.
 
     ``decompositions`` replaces textcam's table (``{}`` records the backward kernels as they are,
-    which is how benchmarks/backward_ops.py enumerates them).
+    which is how benchmarks/backward_ops.py enumerates them). ``simplified`` applies
+    :func:`textcam.export.graph_passes.simplify` (same values, fewer nodes to export).
     """
     for p in joint.parameters():
         p.requires_grad_(False)
     try:
         with sdpa_kernel(SDPBackend.MATH), tracing_patches(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return make_fx(
+            graph = make_fx(
                 joint,
                 tracing_mode="symbolic",
                 decomposition_table=decomposition_table() if decompositions is None else decompositions,
                 _allow_non_fake_inputs=True,
                 record_module_stack=True,
-            )(image, target_class)
+            )(*_batch_symbolic_inputs(image, target_class))
     except Exception as exc:  # the tracer raises many types; all mean "cannot trace"
         raise TextcamError(f"cannot trace the model: {describe_trace_failure(exc, joint)}") from exc
+    return simplify(graph) if simplified else graph
+
+
+def _batch_symbolic_inputs(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Fake copies of ``tensors`` whose first dimension alone is symbolic.
+
+    make_fx's own symbolic mode makes every dimension symbolic, image height and width included;
+    every reshape of a spatial size then goes through sympy (Swin's window partitions: minutes).
+    The sizes the exporter keeps dynamic are the batch alone, so only it is a symbol here (one
+    symbol for all inputs, since their batch sizes are equal).
+    """
+    shape_env = ShapeEnv()
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=shape_env)
+    fakes = []
+    for index, tensor in enumerate(tensors):
+        dims = [DimDynamic.DYNAMIC] + [DimDynamic.STATIC] * (tensor.dim() - 1)
+        fakes.append(
+            fake_mode.from_tensor(
+                tensor,
+                source=ConstantSource(f"input{index}"),
+                symbolic_context=StatelessSymbolicContext(dynamic_sizes=dims),
+            )
+        )
+    return fakes
 
 
 def export_onnx(

@@ -122,9 +122,18 @@ def export_command(model_spec, layer, method, input_size, weights, num_classes, 
     click.echo(safe_text(
         f"wrote {result.path} in {time.perf_counter() - started:.1f}s: layer {result.layer}, "
         f"method {result.method}, {manifest['model']['size_bytes'] / 1e6:.1f} MB; verified on batches "
-        f"{check.get('batch_sizes')}: logits rel err {check.get('logits_max_rel_err', float('nan')):.1e}, "
-        f"cam abs err {check.get('cam_max_abs_err', float('nan')):.1e}; TensorRT-compatible: "
+        f"{check.get('batch_sizes')} against float64: "
+        f"logits rel err {check.get('logits_max_rel_err', float('nan')):.1e}, "
+        f"cam abs err {check.get('cam_max_abs_err', float('nan')):.1e}{_eager_note(check)}; TensorRT-compatible: "
         f"{'yes' if trt.get('compatible') else 'no'}"
     ))
     for problem in trt.get("problems", []):
         click.echo(safe_text(f"  TensorRT: {problem}"), err=True)
+
+
+def _eager_note(check: dict) -> str:
+    """Eager float32's own error on the same inputs: the yardstick the graph's is held to."""
+    eager = check.get("eager_float32")
+    if not isinstance(eager, dict) or "cam_max_abs_err" not in eager:
+        return ""
+    return f" (eager float32: {eager.get('logits_max_rel_err', float('nan')):.1e}, {eager['cam_max_abs_err']:.1e})"

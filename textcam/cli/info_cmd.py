@@ -53,7 +53,10 @@ def info_command(bundle, as_json):
         f"outputs     {outputs}",
         f"verified    logits rel err {_number(errors.get('logits_max_rel_err'))}, "
         f"cam abs err {_number(errors.get('cam_max_abs_err'))} "
-        f"(batches {list(info.verification.batch_sizes) if info.verification else '?'})",
+        f"(batches {list(info.verification.batch_sizes) if info.verification else '?'}"
+        + (f"; eager float32: {_number(errors['eager_float32'].get('logits_max_rel_err'))}, "
+           f"{_number(errors['eager_float32'].get('cam_max_abs_err'))}"
+           if isinstance(errors.get("eager_float32"), dict) else "") + ")",
         "tensorrt    " + ("compatible" if trt.get("compatible") else "no: " + "; ".join(map(str, trt.get("problems") or
                                                                                           ["not checked"]))),
         f"semantics   {_semantics(info)}",

@@ -1,0 +1,130 @@
+"""The export's verification refuses wrong graphs, not float32 rounding (export/verification.py).
+
+A ResNet-18 with BatchNorm statistics calibrated on random images (its backward is badly
+conditioned, like the calibrated ResNet-50 of the parity matrix) is exported at an inner layer.
+The correct graph passes, with its error against float64 no worse than eager float32's; graphs
+broken on purpose are refused: a flipped sign, a dropped term in the backward (a residual
+branch's gradient), the wrong layer, and a changed weight.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+onnx = pytest.importorskip("onnx")
+
+from textcam.errors import TextcamError  # noqa: E402
+from textcam.export.bundle_export import prepare_joint  # noqa: E402
+from textcam.export.cam_methods import get_method  # noqa: E402
+from textcam.export.reference import Case, build_model  # noqa: E402
+from textcam.export.tracing import export_onnx, trace_joint  # noqa: E402
+from textcam.export.verification import FACTOR, FLOORS, natural_images, verify_onnx  # noqa: E402
+
+SIZE = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from textcam.export.model_source import torchvision_model
+
+    return build_model(Case("resnet18", "layer3", lambda: torchvision_model("resnet18", num_classes=10), SIZE))
+
+
+def _joint(model, layer: str):
+    return prepare_joint(model, layer, get_method("gradcam"), SIZE).joint
+
+
+def _export(joint, path):
+    example = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([-1, 0])
+    export_onnx(trace_joint(joint, example, target), example, target, path, joint=joint)
+    return path
+
+
+@pytest.fixture(scope="module")
+def correct(model, tmp_path_factory):
+    joint = _joint(model, "layer3")
+    return joint, _export(joint, tmp_path_factory.mktemp("verify") / "layer3.onnx")
+
+
+def test_the_correct_graph_passes_and_reports_both_errors(correct):
+    joint, path = correct
+    report = verify_onnx(path, joint, SIZE)
+    assert report["passed"] and report["reference"] == "eager autograd, float64"
+    for key, floor in FLOORS.items():
+        graph, eager = report[key], report["eager_float32"][key]
+        assert report["bounds"][key] == pytest.approx(FACTOR * eager + floor)
+        assert 0 <= graph <= report["bounds"][key] and eager >= 0
+
+
+def _with_extra_node(path, tmp_path, output: str, op: str, name: str):
+    """A copy of the graph with ``op`` applied to ``output`` just before it leaves the graph."""
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        node.output[:] = [f"{output}_raw" if o == output else o for o in node.output]
+    model.graph.node.append(onnx.helper.make_node(op, [f"{output}_raw"], [output]))
+    broken = tmp_path / name
+    onnx.save(model, str(broken))
+    return broken
+
+
+def test_a_flipped_sign_is_refused(correct, tmp_path):
+    joint, path = correct
+    broken = _with_extra_node(path, tmp_path, "channel_weights", "Neg", "negated.onnx")
+    with pytest.raises(TextcamError, match=r"^verification failed: .*channel_weights_max_rel_err"):
+        verify_onnx(broken, joint, SIZE)
+
+
+def test_a_dropped_backward_term_is_refused(model, correct, tmp_path):
+    """The forward is unchanged (same logits); the gradient misses a residual branch's share."""
+    import copy
+
+    joint, _ = correct
+    damaged = copy.deepcopy(model)
+    block = damaged.layer4[1]
+
+    def forward_without_skip_gradient(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + x.detach())
+
+    block.forward = types.MethodType(forward_without_skip_gradient, block)
+    broken = _export(_joint(damaged, "layer3"), tmp_path / "dropped.onnx")
+    with pytest.raises(TextcamError, match=r"^verification failed: .*channel_weights_max_rel_err") as info:
+        verify_onnx(broken, joint, SIZE)
+    assert "logits_max_rel_err" not in str(info.value)  # the forward is right; only the backward is wrong
+
+
+def test_the_wrong_layer_is_refused(model, correct, tmp_path):
+    """layer4.0 and layer4 have the same shape; explaining one and claiming the other is refused."""
+    broken = _export(_joint(model, "layer4.0"), tmp_path / "layer4.0.onnx")
+    with pytest.raises(TextcamError, match=r"^verification failed: "):
+        verify_onnx(broken, _joint(model, "layer4"), SIZE)
+
+
+def test_a_changed_weight_is_refused(correct, tmp_path):
+    from onnx import numpy_helper
+
+    joint, path = correct
+    model = onnx.load(str(path))
+    weights = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights) * 1.01, weights.name))
+    broken = tmp_path / "weights.onnx"
+    onnx.save(model, str(broken))
+    with pytest.raises(TextcamError, match=r"^verification failed: .*logits_max_rel_err"):
+        verify_onnx(broken, joint, SIZE)
+
+
+def test_natural_images_have_a_photographs_spectrum():
+    """1/f amplitude: the power in the lowest frequencies dwarfs the highest, unlike white noise."""
+    images = natural_images(2, (64, 64), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), torch.Generator())
+    assert images.shape == (2, 3, 64, 64) and torch.isfinite(images).all()
+    spectrum = torch.fft.rfft2(images[:, 0]).abs()
+    low, high = spectrum[:, 1:4, 1:4].mean(), spectrum[:, 28:32, 28:32].mean()
+    assert low > 10 * high
+    noise = torch.fft.rfft2(torch.randn(2, 64, 64)).abs()
+    assert noise[:, 1:4, 1:4].mean() < 3 * noise[:, 28:32, 28:32].mean()
