@@ -175,8 +175,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     specs = args.models or [f"torchvision:{name}" for name in torchvision_models()] + list(TIMM_MODELS)
-    rows = []
-    for i, spec in enumerate(specs, 1):
+    saved = args.out / "backward_ops.json"
+    # resumable: models already surveyed (without an error) are kept, and the report is rewritten after each
+    rows = [r for r in json.loads(saved.read_text())["models"] if "error" not in r] if saved.exists() else []
+    done = {row["model"] for row in rows}
+    todo = [spec for spec in specs if spec not in done]
+    for i, spec in enumerate(todo, 1):
         start = time.perf_counter()
         try:
             row = survey(spec)
@@ -184,7 +188,8 @@ def main() -> None:
             row = {"model": spec, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows.append(row)
-        print(f"[{i}/{len(specs)}] {spec}: {row.get('error') or ', '.join(row['backward_ops'])}", flush=True)
+        print(f"[{i}/{len(todo)}] {spec}: {row.get('error') or ', '.join(row['backward_ops'])}", flush=True)
+        write_report(rows, args.out)
         gc.collect()
     write_report(rows, args.out)
 

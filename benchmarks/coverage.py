@@ -106,11 +106,13 @@ FIXED_SIZE = ("torchvision:vit_", "torchvision:maxvit_")  # these take 224x224 o
 
 
 def input_size_for(spec: str, small: bool = False) -> int:
-    """224 for torchvision (every classifier accepts it); timm's configured size for timm.
+    """224 for torchvision (299 for Inception v3); timm's configured size for timm.
     ``small``: 64 where the model takes any size (enough to enumerate its operators)."""
     family, _, name = spec.partition(":")
     if small and family == "torchvision" and not spec.startswith(FIXED_SIZE):
         return 96 if name == "inception_v3" else 64
+    if spec == "torchvision:inception_v3":
+        return 299  # its auxiliary head (run while BatchNorm is calibrated in train mode) needs 299
     if family == "timm":
         import timm
 
@@ -397,6 +399,55 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+README_START = "<!-- coverage-table:start (benchmarks/coverage.py --readme README.md writes this) -->"
+README_END = "<!-- coverage-table:end -->"
+
+
+def readme_table(results: dict) -> str:
+    """The README's parity table: one row per (model, layer) that ran, one column per method; each
+    cell is heatmap vs pytorch-grad-cam / logits vs eager, or the status, with numbered causes."""
+    rows: dict[tuple[str, str], dict[str, dict]] = {}
+    for key, cell in sorted(results["cells"].items()):
+        model, layer, method = key.split("|")
+        rows.setdefault((model, cell.get("layer_name") or layer), {})[method] = cell
+    methods = [m for m in ALL_METHODS if any(m in r for r in rows.values())]
+    notes: list[str] = []
+    lines = ["| model / layer | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for (model, layer), by_method in rows.items():
+        cells = []
+        for method in methods:
+            cell = by_method.get(method)
+            if cell is None:
+                cells.append("")
+                continue
+            if "heatmap_max_abs" in cell:
+                text = f"{cell['heatmap_max_abs']:.1e} / {cell['logits_rel']:.1e}"
+                missed = cell["heatmap_max_abs"] > HEATMAP_TARGET or cell["logits_rel"] > LOGITS_TARGET
+                text = f"**{text}** ✗" if missed else text
+            else:
+                text = cell["status"]
+            reason = cell.get("cause") or ("" if cell.get("status") == "ok" else cell.get("error", ""))
+            if cell.get("status") == "refused by verification":
+                text += " (refused by verification)"
+                reason = reason or cell["verification"].get("error", "")
+            if reason:
+                notes.append(reason.replace("|", "/"))
+                text += f" [{len(notes)}]"
+            cells.append(text)
+        lines.append(f"| {model.removeprefix('torchvision:')} / {layer} | " + " | ".join(cells) + " |")
+    lines += [""] + [f"[{i}] {note}  " for i, note in enumerate(notes, 1)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_readme(results: dict, readme: Path) -> None:
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme}: no coverage-table markers; add {README_START!r} and {README_END!r}")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(head + README_START + "\n\n" + readme_table(results) + "\n" + README_END + tail)
+
+
 def machine() -> str:
     import platform
 
@@ -421,6 +472,7 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=0, help="override every model's input size (0: own)")
     parser.add_argument("--redo", action="store_true", help="run cells that already have a result")
     parser.add_argument("--report", action="store_true", help="only rewrite coverage.md from coverage.json")
+    parser.add_argument("--readme", type=Path, help="rewrite the parity table between the markers in this README")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -428,8 +480,10 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.child))))
         return
     results = load_results(args.out / "coverage.json")
-    if args.report:
+    if args.report or args.readme:
         save_results(results, args.out)
+        if args.readme:
+            write_readme(results, args.readme)
         return
     todo = [c for c in cells(args) if args.redo or cell_id(*c) not in results["cells"]]
     try:

@@ -69,8 +69,8 @@ def last_linear(model: nn.Module) -> nn.Linear:
 
 def build_model(case: Case, seed: int = MODEL_SEED) -> nn.Module:
     """Random-initialized model in eval mode, in-place ops off, BatchNorm statistics calibrated,
-    the logits' linear head re-drawn from N(0, HEAD_STD^2) (torchvision's ViT zero-inits its head,
-    which would zero every gradient)."""
+    the logits' linear head (when the logits come from one) re-drawn from N(0, HEAD_STD^2)
+    (torchvision's ViT zero-inits its head, which would zero every gradient)."""
     torch.manual_seed(seed)
     model = case.build()
     model = copy.deepcopy(model).eval().float()
@@ -78,12 +78,17 @@ def build_model(case: Case, seed: int = MODEL_SEED) -> nn.Module:
         if getattr(module, "inplace", False) is True:
             module.inplace = False  # as the exporter does; pytorch-grad-cam breaks on in-place ReLU
     calibrate_batchnorm(model, case.input_size, seed + 2)
-    head = last_linear(model)
-    generator = torch.Generator().manual_seed(seed + 1)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     with torch.no_grad():
-        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * HEAD_STD)
-        if head.bias is not None:
-            head.bias.copy_(torch.randn(head.bias.shape, generator=generator) * HEAD_STD)
+        classes = int(model(torch.zeros(1, 3, *case.input_size)).shape[1])
+    model.textcam_num_classes = classes  # read by num_classes(): a head need not be nn.Linear (SqueezeNet)
+    if linears and linears[-1].out_features == classes:
+        head = linears[-1]
+        generator = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * HEAD_STD)
+            if head.bias is not None:
+                head.bias.copy_(torch.randn(head.bias.shape, generator=generator) * HEAD_STD)
     return model
 
 
@@ -113,7 +118,7 @@ def calibrate_batchnorm(model: nn.Module, input_size: tuple[int, int], seed: int
 
 
 def num_classes(model: nn.Module) -> int:
-    return last_linear(model).out_features
+    return getattr(model, "textcam_num_classes", None) or last_linear(model).out_features
 
 
 # ---------------------------------------------------------------------------------------------
