@@ -188,14 +188,14 @@ def export_bundle(
 
         start = _stage(progress, "exporting to ONNX")
         onnx_path = stage / MODEL_FILE
-        export_onnx(graph, example, target_example, onnx_path, joint=joint)
+        onnx_model = export_onnx(graph, example, target_example, onnx_path, joint=joint)  # without weights
+        del graph
         timings["onnx_export_s"] = time.perf_counter() - start
 
         start = _stage(progress, "verifying against eager PyTorch on fresh inputs")
         verification = verify_onnx(onnx_path, joint, input_hw, mean=mean, std=std)
         timings["verify_s"] = time.perf_counter() - start
 
-        onnx_model = onnx.load(str(onnx_path), load_external_data=False)
         details = dict(source or {"source": type(model).__name__})
         manifest = Manifest(
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -30,6 +30,7 @@ import warnings
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 from torch._dynamo.source import ConstantSource
@@ -107,10 +108,12 @@ def export_onnx(
     target_class: torch.Tensor,
     path: Path,
     joint: nn.Module | None = None,
-) -> None:
+) -> onnx.ModelProto:
     """Export the traced graph with a dynamic batch and the contract's input/output names.
 
     ``joint`` (the traced module) is only used to name the layer of an operation that fails.
+    Returns the written graph without its weights (initializers), for reading its signature and
+    nodes without loading the file again.
     """
     outputs = list(OUTPUT_NAMES)
     if len(graph.graph.find_nodes(op="output")[0].args[0]) > len(outputs):
@@ -133,7 +136,7 @@ def export_onnx(
                 report=False,
             )
             _optimize(program)
-            _save(program, path)
+            return _save(program, path)
     except Exception as exc:
         message = describe_failure(exc, graph, joint, image)
         raise TextcamError(f"cannot translate the traced graph to ONNX: {message}") from exc
@@ -174,16 +177,16 @@ def _optimize(program: torch.onnx.ONNXProgram) -> None:
 _SINGLE_FILE_LIMIT = 1536 * 2**20
 
 
-def _save(program: torch.onnx.ONNXProgram, path: Path) -> None:
+def _save(program: torch.onnx.ONNXProgram, path: Path) -> onnx.ModelProto:
     """``program.save(path, external_data=False)``, without the whole model in memory twice more.
 
     ``save`` builds the complete ModelProto (a copy of every weight) and then its serialized bytes
     (another copy): +2.7 GB for ViT-L/16. A serialized protobuf message followed by another is
     parsed as their merge, with repeated fields appended, so the file is written as the graph
     without initializers, then one ``ModelProto(graph=GraphProto(initializer=[w]))`` per weight,
-    in the same order: the same model when read, one weight's copy at a time.
+    in the same order: the same model when read, one weight's copy at a time. Returns the first
+    part (the model without initializers).
     """
-    import onnx
     import onnx_ir as ir
 
     graph = program.model.graph
@@ -192,7 +195,7 @@ def _save(program: torch.onnx.ONNXProgram, path: Path) -> None:
     unusual = any(g is not graph and g.initializers for g in program.model.graphs()) or any(t is None for t in tensors)
     if unusual or sum(t.nbytes for t in tensors if t is not None) > _SINGLE_FILE_LIMIT:
         program.save(str(path), external_data=False)
-        return
+        return _without_weights(onnx.load(str(path), load_external_data=False))
     graph.initializers.clear()
     try:
         head = ir.serde.serialize_model(program.model)
@@ -205,11 +208,16 @@ def _save(program: torch.onnx.ONNXProgram, path: Path) -> None:
     head.graph.value_info.extend(described + rest)
     with open(path, "wb") as file:
         file.write(head.SerializeToString())
-        del head
         for value in weights.values():
             value.const_value.name = value.name
             chunk = onnx.ModelProto(graph=onnx.GraphProto(initializer=[ir.serde.serialize_tensor(value.const_value)]))
             file.write(chunk.SerializeToString())
+    return head
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    del model.graph.initializer[:]
+    return model
 
 
 def _has_value_info(value) -> bool:

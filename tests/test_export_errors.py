@@ -397,11 +397,12 @@ def test_wrong_graph_fails_verification_and_writes_nothing(out, monkeypatch):
     real_export = bundle_export.export_onnx
 
     def export_then_corrupt(graph, image, target_class, path, **kwargs):
-        real_export(graph, image, target_class, path, **kwargs)
+        written = real_export(graph, image, target_class, path, **kwargs)
         model = onnx.load(str(path))
         weights = max(model.graph.initializer, key=lambda t: len(t.dims))  # the conv kernel
         weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights) * 1.5, weights.name))
         onnx.save(model, str(path))
+        return written
 
     monkeypatch.setattr(bundle_export, "export_onnx", export_then_corrupt)
     message = _export_fails(TinyNet(3), "conv", out, r"^verification failed: the exported graph disagrees with "
