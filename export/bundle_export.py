@@ -29,6 +29,7 @@ from textcam.runtime.bundle import Bundle
 from textcam.runtime.bundle_files import (
     MANIFEST_FILE,
     MODEL_FILE,
+    WEIGHTS_FILE,
     check_output_dir,
     sha256_file,
     staged_bundle_dir,
@@ -197,12 +198,15 @@ def export_bundle(
         timings["verify_s"] = time.perf_counter() - start
 
         details = dict(source or {"source": type(model).__name__})
+        data_path = stage / WEIGHTS_FILE
+        data = FileRef(WEIGHTS_FILE, sha256_file(data_path), data_path.stat().st_size) if data_path.exists() else None
         manifest = Manifest(
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             producer={"textcam": textcam.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                       "python": sys.version.split()[0], "opset": OPSET},
             model=ModelSection(str(details.pop("source")), FileRef(MODEL_FILE, sha256_file(onnx_path),
-                                                                   onnx_path.stat().st_size), num_classes, details),
+                                                                   onnx_path.stat().st_size), num_classes, details,
+                               data),
             input=InputSection(height=input_hw[0], width=input_hw[1], mean=mean, std=std, resize=resize,
                                preprocessing=dict(PREPROCESSING)),
             classes=tuple(class_names) if class_names is not None else tuple(f"class_{i}" for i in range(num_classes)),

@@ -173,7 +173,8 @@ def _optimize(program: torch.onnx.ONNXProgram) -> None:
     program.optimize()
 
 
-# torch.onnx's ONNXProgram.save moves weights to an external file above this size.
+# Weights past this size go to WEIGHTS_FILE (a protobuf message cannot exceed 2 GB; the rest of
+# the graph needs some room).
 _SINGLE_FILE_LIMIT = 1536 * 2**20
 
 
@@ -189,11 +190,16 @@ def _save(program: torch.onnx.ONNXProgram, path: Path) -> onnx.ModelProto:
     """
     import onnx_ir as ir
 
+    from textcam.runtime.bundle_files import WEIGHTS_FILE
+
     graph = program.model.graph
     weights = dict(graph.initializers)
     tensors = [v.const_value for v in weights.values()]
-    unusual = any(g is not graph and g.initializers for g in program.model.graphs()) or any(t is None for t in tensors)
-    if unusual or sum(t.nbytes for t in tensors if t is not None) > _SINGLE_FILE_LIMIT:
+    if sum(t.nbytes for t in tensors if t is not None) > _SINGLE_FILE_LIMIT:
+        # past protobuf's 2 GB: the weights go to WEIGHTS_FILE beside the graph (ONNX external data)
+        ir.save(program.model, path, external_data=WEIGHTS_FILE)
+        return _without_weights(onnx.load(str(path), load_external_data=False))
+    if any(g is not graph and g.initializers for g in program.model.graphs()) or any(t is None for t in tensors):
         program.save(str(path), external_data=False)
         return _without_weights(onnx.load(str(path), load_external_data=False))
     graph.initializers.clear()

@@ -114,6 +114,8 @@ class Bundle:
         """The graph a runner loads: ``model.onnx`` (checked), or the one :meth:`with_graph` set."""
         if self.graph_file is not None:
             return self.graph_file
+        if self.info.model.external_data:  # ONNX Runtime and TensorRT's parser read it beside the graph
+            self.file(self.info.model.external_data, "model")
         return self.file(self.info.model.graph, "model")
 
     def with_graph(self, graph: FileRef | str | os.PathLike) -> Bundle:

@@ -29,6 +29,7 @@ from textcam.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, Manifest  # no
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
+WEIGHTS_FILE = "model.onnx.data"  # ONNX external data, for graphs past protobuf's 2 GB
 MAX_MANIFEST_BYTES = 16 << 20
 """A manifest is a few KB (1 MB with a million class names); nothing larger is parsed."""
 

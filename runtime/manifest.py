@@ -6,9 +6,9 @@ the bundle) and every writer through :meth:`Manifest.to_dict`; nothing else buil
 dicts by hand. The same rules, for hosts in other languages, are in ``manifest.schema.json``
 beside this file (:func:`schema_path`); a test keeps the two in step.
 
-Files named by the manifest (``model.file``, ``semantics.file``, ``fused_graph.file``,
-``engines[].file``, ``engines[].onnx``, ``selftest.file``) are :class:`FileRef`: a relative path
-inside the bundle, its size and its sha256. :class:`textcam.runtime.bundle.Bundle` resolves and
+Files named by the manifest (``model.file``, ``model.external_data.file``, ``semantics.file``,
+``fused_graph.file``, ``engines[].file``, ``engines[].onnx``, ``selftest.file``) are
+:class:`FileRef`: a relative path inside the bundle, its size and its sha256. :class:`textcam.runtime.bundle.Bundle` resolves and
 checks them; nobody else joins paths from manifest strings.
 
 Format history: version 1 nested ``fused_graph`` inside ``semantics`` and did not record the size
@@ -50,7 +50,7 @@ MAX_DEPTH = 16
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 FILE_CAPS = {
-    "model": 1 << 36,  # 64 GiB: ONNX files past 2 GB keep weights external, which textcam does not write
+    "model": 1 << 36,  # 64 GiB: the graph, or the weights of a graph past 2 GB (model.external_data)
     "semantics": 1 << 30,
     "fused_graph": 1 << 36,
     "engine": 1 << 36,
@@ -203,15 +203,21 @@ class ModelSection:
     num_classes: int
     details: dict[str, Any] = field(default_factory=dict)
     """What the exporter knew of the model's origin (weights file, task, ...), kept as given."""
+    external_data: FileRef | None = None
+    """The graph's weights, for a model too large for one ONNX file (protobuf's 2 GB): ONNX
+    external data, which the graph names by this file name, next to it in the bundle."""
 
     @classmethod
     def from_dict(cls, check: _Checker) -> ModelSection:
+        data = FileRef.read(check.child("external_data"), "model") if check.has("external_data") else None
         return cls(check.text("source", limit=MAX_NAME_CHARS), FileRef.read(check, "model"),
                    check.integer("num_classes", 1, MAX_CLASSES),
-                   check.extras({"source", "file", "sha256", "size_bytes", "num_classes"}))
+                   check.extras({"source", "file", "sha256", "size_bytes", "num_classes", "external_data"}), data)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, **self.details, **self.graph.to_dict(), "num_classes": self.num_classes}
+        data = {"external_data": self.external_data.to_dict()} if self.external_data else {}
+        return {"source": self.source, **self.details, **self.graph.to_dict(), **data,
+                "num_classes": self.num_classes}
 
 
 @dataclass(frozen=True)
@@ -516,6 +522,8 @@ class Manifest:
     def files(self) -> dict[str, tuple[str, FileRef]]:
         """Every file the manifest names: {relative name: (kind, FileRef)}."""
         found: dict[str, tuple[str, FileRef]] = {self.model.graph.file: ("model", self.model.graph)}
+        if self.model.external_data:
+            found[self.model.external_data.file] = ("model", self.model.external_data)
         if self.semantics:
             found[self.semantics.store.file] = ("semantics", self.semantics.store)
         if self.fused_graph:

@@ -26,7 +26,11 @@ class Bundle {
   // size, and with verify the recorded sha256); `hint` replaces the generic advice.
   std::string file(const FileRef& ref, FileKind kind, const std::string& hint = "") const;
 
-  std::string model_path() const { return file(info_.model, FileKind::kModel); }
+  // The graph, with its external data (if any) checked too: ONNX Runtime reads it beside the graph.
+  std::string model_path() const {
+    if (info_.model_external_data) file(*info_.model_external_data, FileKind::kModel);
+    return file(info_.model, FileKind::kModel);
+  }
 
  private:
   // Files already checked ({relative name: path}), shared by copies of the Bundle as Python's

@@ -859,8 +859,11 @@ Manifest parse_manifest(const OJson& data, const std::string& where) {
     Checker model = top.child("model");
     model.text("source", kMaxNameChars);
     manifest.model = read_file_ref(model, FileKind::kModel);
+    if (model.has("external_data")) {
+      manifest.model_external_data = read_file_ref(model.child("external_data"), FileKind::kModel);
+    }
     manifest.num_classes = static_cast<int>(model.integer("num_classes", 1, kMaxClasses));
-    model.extras({"source", "file", "sha256", "size_bytes", "num_classes"});
+    model.extras({"source", "file", "sha256", "size_bytes", "num_classes", "external_data"});
   }
   {  // classes
     const OJson& classes = top.get("classes");

@@ -87,6 +87,7 @@ struct EngineEntry {
 struct Manifest {
   int format_version = kFormatVersion;
   FileRef model;
+  std::optional<FileRef> model_external_data;  // the weights of a graph past protobuf's 2 GB, beside it
   int num_classes = 0;
   InputSection input;
   std::vector<std::string> classes;

@@ -1,0 +1,105 @@
+"""Bundles of models past protobuf's 2 GB keep the weights in ``model.onnx.data`` (ONNX external
+data), named and checksummed in the manifest. Exercised on a small model by lowering the size at
+which the exporter switches, and held to a single-file export of the same model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from textcam.errors import TextcamError  # noqa: E402
+from textcam.export import export_bundle  # noqa: E402
+from textcam.runtime.bundle import Bundle  # noqa: E402
+from textcam.runtime.bundle_files import WEIGHTS_FILE  # noqa: E402
+from textcam.runtime.explainer import Explainer  # noqa: E402
+from textcam.runtime.native import native_module  # noqa: E402
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+    )
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """The same model exported twice: weights inside model.onnx, and as external data."""
+    import textcam.export.tracing as tracing
+
+    root = tmp_path_factory.mktemp("external")
+    single = export_bundle(_model(), "2", root / "single.textcam", input_size=32).path
+    limit = tracing._SINGLE_FILE_LIMIT
+    tracing._SINGLE_FILE_LIMIT = 0
+    try:
+        external = export_bundle(_model(), "2", root / "external.textcam", input_size=32).path
+    finally:
+        tracing._SINGLE_FILE_LIMIT = limit
+    return single, external
+
+
+def test_weights_are_written_beside_the_graph_and_named_in_the_manifest(bundles):
+    single, external = bundles
+    assert not (single / WEIGHTS_FILE).exists()
+    manifest = json.loads((external / "manifest.json").read_text())
+    ref = manifest["model"]["external_data"]
+    assert ref["file"] == WEIGHTS_FILE
+    assert ref["size_bytes"] == (external / WEIGHTS_FILE).stat().st_size
+    weights = sum(p.numel() for p in _model().parameters()) * 4
+    assert ref["size_bytes"] >= weights  # every weight is in the data file
+    assert (external / "model.onnx").stat().st_size < (single / "model.onnx").stat().st_size
+    assert "external_data" not in json.loads((single / "manifest.json").read_text())["model"]
+
+
+def test_the_external_bundle_explains_as_the_single_file_one(bundles):
+    single, external = bundles
+    rng = np.random.default_rng(11)
+    images = [rng.integers(0, 256, size=(40 + 7 * i, 30 + 5 * i, 3), dtype=np.uint8) for i in range(3)]
+    with Explainer(single, native=False) as one, Explainer(external, native=False) as other:
+        for image in images:
+            want, got = one.explain(image), other.explain(image)
+            assert got.class_index == want.class_index
+            np.testing.assert_allclose(got.heatmap, want.heatmap, atol=1e-6)
+            np.testing.assert_allclose(got.logits, want.logits, rtol=1e-6, atol=1e-6)
+
+
+def test_the_external_bundle_passes_its_selftest(bundles):
+    _, external = bundles
+    report = Bundle.open(external).selftest()
+    assert report.passed, report.table()
+
+
+def test_the_external_bundle_passes_its_selftest_in_the_native_core(bundles):
+    if native_module(force=True) is None:
+        if os.environ.get("TEXTCAM_REQUIRE_NATIVE") == "1":
+            raise RuntimeError("textcam_native is not installed but TEXTCAM_REQUIRE_NATIVE=1")
+        pytest.skip("textcam_native is not installed")
+    _, external = bundles
+    with Explainer(external, native=True) as core:
+        report = core.selftest()
+    assert report.passed, report.table()
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["python", "native"])
+def test_changed_or_missing_weights_are_refused(bundles, tmp_path, native):
+    if native and native_module(force=True) is None:
+        pytest.skip("textcam_native is not installed")
+    _, external = bundles
+    changed = shutil.copytree(external, tmp_path / "changed.textcam")
+    data = bytearray((changed / WEIGHTS_FILE).read_bytes())
+    data[len(data) // 2] ^= 0x40
+    (changed / WEIGHTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(TextcamError, match=r"model\.onnx\.data: checksum differs from the manifest"):
+        Explainer(changed, native=native).explain(np.zeros((32, 32, 3), np.uint8))
+    missing = shutil.copytree(external, tmp_path / "missing.textcam")
+    (missing / WEIGHTS_FILE).unlink()
+    with pytest.raises(TextcamError, match=r"model\.onnx\.data: the .* named in the manifest is missing"):
+        Explainer(missing, native=native).explain(np.zeros((32, 32, 3), np.uint8))
