@@ -83,7 +83,7 @@ def survey(spec: str) -> dict:
     from textcam.export.cam_methods import get_method
     from textcam.export.decompositions import decomposition_table
     from textcam.export.model_source import load_model
-    from textcam.export.trace_diagnosis import _recorded_calls as recorded_calls
+    from textcam.export.trace_diagnosis import recorded_calls
 
     torch.manual_seed(0)
     model = load_model(spec).module

@@ -196,6 +196,7 @@ def export_bundle(
         start = _stage(progress, "verifying against eager PyTorch on fresh inputs")
         verification = verify_onnx(onnx_path, joint, input_hw, mean=mean, std=std)
         timings["verify_s"] = time.perf_counter() - start
+        del joint, prepared  # the private copy of the model: the self-test's session needs the room
 
         details = dict(source or {"source": type(model).__name__})
         data_path = stage / WEIGHTS_FILE

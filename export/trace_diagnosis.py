@@ -37,7 +37,7 @@ def describe_failure(
     if not match:
         return _root_cause(exc)
     failed = match.group(1).replace("::", ".")
-    calls = _recorded_calls(joint, image)
+    calls = recorded_calls(joint, image)
     if graph is not None:
         known = {name for name, _ in calls}
         calls += [(name, None) for name in _graph_ops(graph) if name not in known]
@@ -123,7 +123,7 @@ def _graph_ops(graph: torch.fx.GraphModule) -> list[str]:
     ]
 
 
-def _recorded_calls(joint: nn.Module | None, image: torch.Tensor | None) -> list[tuple[str, str | None]]:
+def recorded_calls(joint: nn.Module | None, image: torch.Tensor | None) -> list[tuple[str, str | None]]:
     """(aten op, issuing layer) for every op of one eager run of ``joint``, in order; [] if it fails.
 
     Forward ops get the innermost module running them (module hooks). Backward ops get the

@@ -8,8 +8,9 @@ beside this file (:func:`schema_path`); a test keeps the two in step.
 
 Files named by the manifest (``model.file``, ``model.external_data.file``, ``semantics.file``,
 ``fused_graph.file``, ``engines[].file``, ``engines[].onnx``, ``selftest.file``) are
-:class:`FileRef`: a relative path inside the bundle, its size and its sha256. :class:`textcam.runtime.bundle.Bundle` resolves and
-checks them; nobody else joins paths from manifest strings.
+:class:`FileRef`: a relative path inside the bundle, its size and its sha256.
+:class:`textcam.runtime.bundle.Bundle` resolves and checks them; nobody else joins paths from
+manifest strings.
 
 Format history: version 1 nested ``fused_graph`` inside ``semantics`` and did not record the size
 of the semantics files; :meth:`Manifest.from_dict` reads it (sizes then unknown, checked against

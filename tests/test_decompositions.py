@@ -191,26 +191,14 @@ AVG_CEIL_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(AVG_CASES))
-def test_avg_pool2d_backward_matches_autograd(case):
-    shape, kernel, stride, padding, include_pad, divisor = AVG_CASES[case]
+@pytest.mark.parametrize(("case", "ceil"), [(c, False) for c in AVG_CASES] + [(c, True) for c in AVG_CEIL_CASES])
+def test_avg_pool2d_backward_matches_autograd(case, ceil):
+    shape, kernel, stride, padding, include_pad, divisor = (AVG_CEIL_CASES if ceil else AVG_CASES)[case]
     x = torch.randn(shape, generator=_generator())
     upstream, expected = _input_grad(
-        lambda t: F.avg_pool2d(t, kernel, stride, padding, False, include_pad, divisor), x
+        lambda t: F.avg_pool2d(t, kernel, stride, padding, ceil, include_pad, divisor), x
     )
-    got = D.avg_pool2d_backward(upstream, x, [kernel, kernel], [stride, stride], [padding, padding], False,
-                                include_pad, divisor)
-    torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
-
-
-@pytest.mark.parametrize("case", list(AVG_CEIL_CASES))
-def test_avg_pool2d_backward_ceil_mode_matches_autograd(case):
-    shape, kernel, stride, padding, include_pad, divisor = AVG_CEIL_CASES[case]
-    x = torch.randn(shape, generator=_generator())
-    upstream, expected = _input_grad(
-        lambda t: F.avg_pool2d(t, kernel, stride, padding, True, include_pad, divisor), x
-    )
-    got = D.avg_pool2d_backward(upstream, x, [kernel, kernel], [stride, stride], [padding, padding], True,
+    got = D.avg_pool2d_backward(upstream, x, [kernel, kernel], [stride, stride], [padding, padding], ceil,
                                 include_pad, divisor)
     torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
 
