@@ -12,6 +12,7 @@ backend                  what runs the graph                                    
 ``onnxruntime-cuda``     ONNX Runtime's CUDA execution provider, I/O binding           ``[gpu]``
 ``onnxruntime-tensorrt`` ONNX Runtime's TensorRT execution provider (engine cache)     ``[gpu]``
 ``tensorrt``             the bundle's own TensorRT engine (``textcam build-engine``)   ``[tensorrt]``
+``openvino``             OpenVINO, CPU, float32 pinned (``precision="bf16"`` asks)     ``[openvino]``
 =======================  ==========================================================  =============
 """
 
@@ -31,6 +32,7 @@ BACKENDS: dict[str, str] = {
     "onnxruntime-cuda": "textcam.runtime.backends.onnxruntime_gpu:OnnxRuntimeCudaRunner",
     "onnxruntime-tensorrt": "textcam.runtime.backends.onnxruntime_gpu:OnnxRuntimeTensorRTRunner",
     "tensorrt": "textcam.runtime.backends.tensorrt_runner:TensorRTRunner",
+    "openvino": "textcam.runtime.backends.openvino_runner:OpenVinoRunner",
 }
 ONNXRUNTIME_BACKENDS = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt")
 

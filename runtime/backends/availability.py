@@ -35,6 +35,9 @@ def unavailable_reason(backend: str) -> str | None:
             return "neither cuda-python nor pycuda is installed; pip install 'textcam[tensorrt]'"
         count, why = cuda_device_count()
         return None if count else why
+    if backend == "openvino":
+        installed = module_present("openvino")
+        return None if installed else "the openvino package is not installed; pip install 'textcam[openvino]'"
     return f"unknown backend {backend!r}"
 
 

@@ -6,7 +6,7 @@ import click
 
 from textcam.errors import TextcamError
 
-BACKEND_NAMES = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+BACKEND_NAMES = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "openvino")
 """``textcam.runtime.backends.BACKENDS``' keys, spelled out so that ``--help`` and usage errors need no
 runtime import (a test keeps the two in step)."""
 PRECISION_NAMES = ("fp32", "fp16", "bf16")
@@ -14,12 +14,13 @@ PRECISION_NAMES = ("fp32", "fp16", "bf16")
 
 backend_option = click.option(
     "--backend", type=click.Choice(BACKEND_NAMES), default="onnxruntime", show_default=True,
-    help="What runs the graph: onnxruntime (CPU), onnxruntime-cuda, onnxruntime-tensorrt, or tensorrt "
-         "(the engine from `textcam build-engine`).",
+    help="What runs the graph: onnxruntime (CPU), onnxruntime-cuda, onnxruntime-tensorrt, tensorrt "
+         "(the engine from `textcam build-engine`), or openvino (CPU, float32; the [openvino] extra).",
 )
 precision_option = click.option(
     "--precision", type=click.Choice(PRECISION_NAMES), default=None,
-    help="GPU backends: which engine (tensorrt) or graph copy (onnxruntime-*) to run; default fp32 where built.",
+    help="GPU backends: which engine (tensorrt) or graph copy (onnxruntime-*) to run; openvino: bf16 lets its "
+         "CPU plugin use bfloat16 (held to the self-test's reduced-precision tolerances). Default fp32.",
 )
 
 
@@ -47,10 +48,14 @@ def backend_settings(backend: str, precision: str | None, threads: int | None) -
         if backend == "onnxruntime" and precision != "fp32":
             raise TextcamError(f"--precision {precision}: the onnxruntime (CPU) backend runs the fp32 graph; "
                                "choose a GPU --backend")
+        if backend == "openvino" and precision == "fp16":
+            raise TextcamError("--precision fp16: the openvino backend runs fp32 or bf16")
         if backend != "onnxruntime":
             options["precision"] = precision
-    if threads is not None and backend not in ONNXRUNTIME_BACKENDS:
+    if threads is not None and backend == "openvino":
+        options["threads"] = threads
+    elif threads is not None and backend not in ONNXRUNTIME_BACKENDS:
         raise TextcamError(f"--threads: sets ONNX Runtime's threads; backend {backend!r} does not use them")
-    if threads is not None:
+    elif threads is not None:
         options["intra_op_threads"] = threads
     return {"backend": backend, "backend_options": options}

@@ -1,0 +1,119 @@
+"""The OpenVINO backend: a host of the bundle like any other (it passes the bundle's self-test),
+float32 pinned, outputs held to ONNX Runtime's on fresh inputs, safe from several threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+
+from click.testing import CliRunner
+
+from textcam.cli import main
+from textcam.errors import TextcamError
+from textcam.runtime.backends import create_runner
+from textcam.runtime.bundle import Bundle
+from textcam.runtime.explainer import Explainer
+from textcam.runtime.selftest import run_selftest
+from textcam.shapes_world.artifacts import DEFAULT_BUNDLE
+
+SPURIOUS_BUNDLE = DEFAULT_BUNDLE.parent / "spurious.textcam"
+
+
+@pytest.mark.parametrize("bundle", [DEFAULT_BUNDLE, SPURIOUS_BUNDLE], ids=["color", "spurious"])
+def test_selftest_passes_on_openvino(bundle):
+    report = run_selftest(bundle, "openvino")
+    assert report.passed, report.table()
+    assert report.precision == "fp32"
+
+
+def test_selftest_passes_on_a_resnet_bundle(small_bundle):
+    report = run_selftest(small_bundle, "openvino")
+    assert report.passed, report.table()
+
+
+def test_float32_is_pinned_and_bf16_only_when_asked():
+    bundle = Bundle.open(DEFAULT_BUNDLE)
+    fp32 = create_runner("openvino", bundle)
+    assert str(fp32.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    bf16 = create_runner("openvino", bundle, precision="bf16")
+    assert bf16.precision == "bf16"
+    assert str(bf16.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'bfloat16'>"
+
+
+def test_outputs_match_onnxruntime_on_fresh_inputs(small_bundle):
+    bundle = Bundle.open(small_bundle)
+    ort, ov = create_runner("onnxruntime", bundle), create_runner("openvino", bundle)
+    rng = np.random.default_rng(2026)
+    h, w = bundle.input.height, bundle.input.width
+    for batch in (1, 3, 2):
+        images = rng.standard_normal((batch, 3, h, w)).astype(np.float32)
+        targets = np.array([-1, *list(rng.integers(0, len(bundle.classes), batch - 1))], dtype=np.int64)
+        want, got = ort.run(images, targets), ov.run(images, targets)
+        assert set(got) == set(want)
+        np.testing.assert_array_equal(got["class_index"], want["class_index"])
+        for name in ("logits", "channel_weights", "channel_activation"):
+            scale = np.abs(want[name]).max()
+            assert np.abs(got[name] - want[name]).max() <= 1e-4 * scale, name
+        assert np.abs(got["cam"] - want["cam"]).max() <= 1e-3
+
+
+def test_threads_share_one_runner():
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, size=(48 + 4 * i, 40 + 3 * i, 3), dtype=np.uint8) for i in range(8)]
+    with Explainer(DEFAULT_BUNDLE, backend="openvino") as explainer:
+        serial = [explainer.explain(image) for image in images]
+        results: list = [None] * len(images)
+
+        def work(i: int) -> None:
+            results[i] = explainer.explain(images[i])
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    for one, other in zip(serial, results, strict=True):
+        assert one.class_index == other.class_index
+        np.testing.assert_array_equal(one.heatmap, other.heatmap)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"precision": "fp16"}, "precision='fp16': the openvino backend runs fp32 or bf16"),
+    ({"threads": 0}, "threads=0: expected a positive number of threads"),
+    ({"device": "NPU7"}, "device='NPU7': not an OpenVINO device here; available: CPU"),
+    ({"intra_op_threads": 2}, "backend 'openvino' has no option 'intra_op_threads'"),
+])
+def test_bad_options_get_one_line(options, message):
+    with pytest.raises(TextcamError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        create_runner("openvino", Bundle.open(DEFAULT_BUNDLE), **options)
+
+
+def test_cli_explain_on_openvino(tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(image)
+    result = CliRunner().invoke(main, ["explain", str(DEFAULT_BUNDLE), str(image), "--backend", "openvino",
+                                       "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    with Explainer(DEFAULT_BUNDLE) as reference:
+        assert reference.classes[reference.explain(image).class_index] in result.output
+    bad = CliRunner().invoke(main, ["explain", str(DEFAULT_BUNDLE), str(image), "--backend", "openvino",
+                                    "--precision", "fp16"])
+    assert bad.exit_code != 0 and "the openvino backend runs fp32 or bf16" in bad.output
+    assert "Traceback" not in bad.output
+
+
+def test_bf16_runs_in_bf16_and_is_held_to_the_reduced_precision_tolerances():
+    fp32 = run_selftest(DEFAULT_BUNDLE, "openvino")
+    bf16 = run_selftest(DEFAULT_BUNDLE, "openvino", {"precision": "bf16"})
+    assert bf16.precision == "bf16"
+    rows = {(row.group, row.name): row for row in bf16.rows}
+    assert rows[("graph", "logits")].tolerance == 5e-2 and rows[("graph", "concept_ids")].tolerance == 0
+    # bf16 is really on: its logits are orders of magnitude further from the reference than fp32's
+    fp32_logits = {(row.group, row.name): row for row in fp32.rows}[("graph", "logits")].worst
+    assert rows[("graph", "logits")].worst > 10 * fp32_logits
