@@ -103,3 +103,15 @@ def test_changed_or_missing_weights_are_refused(bundles, tmp_path, native):
     (missing / WEIGHTS_FILE).unlink()
     with pytest.raises(TextcamError, match=r"model\.onnx\.data: the .* named in the manifest is missing"):
         Explainer(missing, native=native).explain(np.zeros((32, 32, 3), np.uint8))
+
+
+def test_info_names_the_weights_file(bundles):
+    from click.testing import CliRunner
+
+    from textcam.cli import main
+
+    _, external = bundles
+    result = CliRunner().invoke(main, ["info", str(external)])
+    assert result.exit_code == 0, result.output
+    assert "(weights in model.onnx.data," in result.output
+

@@ -43,7 +43,9 @@ def info_command(bundle, as_json):
     lines = [
         f"bundle      {opened.path}",
         f"model       {model.source}" + (f" (weights {weights})" if weights else ""),
-        f"graph       {model.graph.file}, {model.graph.size_bytes / 1e6:.1f} MB, sha256 {model.graph.sha256[:12]}...",
+        f"graph       {model.graph.file}, {model.graph.size_bytes / 1e6:.1f} MB, sha256 {model.graph.sha256[:12]}..."
+        + (f" (weights in {model.external_data.file}, {model.external_data.size_bytes / 1e6:.1f} MB)"
+           if model.external_data else ""),
         f"input       {spec.height}x{spec.width} RGB, resize {spec.resize}, "
         f"mean {list(spec.mean)}, std {list(spec.std)}"
         + (f", preprocessing recorded (v{spec.preprocessing.get('version', '?')})" if spec.preprocessing else ""),
