@@ -343,6 +343,27 @@ def _share(rows: list[dict]) -> str:
     return f"{ok}/{len(rows)} ({100 * ok / len(rows):.0f}%)" if rows else "0/0"
 
 
+def _names(rows: list[dict]) -> str:
+    return f" ({', '.join(r['id'].split('|')[0].removeprefix('torchvision:') for r in rows)})" if rows else ""
+
+
+def _spread(rows: list[dict]) -> list[str]:
+    """Median and worst export time and peak memory over ``rows`` that exported."""
+    done = [r for r in rows if "export_s" in r and "peak_rss_mb" in r]
+    if not done:
+        return []
+    lines = []
+    for key, unit in (("export_s", "s"), ("peak_rss_mb", "MB")):
+        values = sorted(r[key] for r in done)
+        worst = max(done, key=lambda r: r[key])
+        lines.append(
+            f"- torchvision default layer, {'export time' if unit == 's' else 'peak RSS'}: median "
+            f"{values[len(values) // 2]:.0f} {unit}, 90th percentile {values[int(0.9 * (len(values) - 1))]:.0f} "
+            f"{unit}, worst {worst[key]:.0f} {unit} ({worst['id'].split('|')[0].removeprefix('torchvision:')})"
+        )
+    return lines
+
+
 def markdown(results: dict) -> str:
     rows = [dict(row, id=key) for key, row in sorted(results["cells"].items())]
     tv_default = [r for r in rows if r["id"].startswith("torchvision:") and "|default|" in r["id"]]
@@ -360,8 +381,9 @@ def markdown(results: dict) -> str:
         "",
         f"- torchvision at the default layer: **{_share(tv_default)}** exported and verified (target 100%)",
         f"- all cells: **{_share(rows)}** (target >= 95%)",
-        f"- torchvision exports over {EXPORT_TIME_TARGET_S} s: {len(slow)}; over {EXPORT_MEMORY_TARGET_MB} MB "
-        f"peak RSS: {len(big)}",
+        f"- torchvision exports over {EXPORT_TIME_TARGET_S} s: {len(slow)}{_names(slow)}; over "
+        f"{EXPORT_MEMORY_TARGET_MB} MB peak RSS: {len(big)}{_names(big)}",
+        *_spread(tv_default),
         "",
         "Columns: export s (trace / onnx / verify); peak RSS of the export process; ONNX size over the "
         "float32 weights; TensorRT: static parser check (`ok` or the first problem); heatmap vs pytorch-grad-cam "

@@ -13,6 +13,8 @@ that library serves as the parity reference.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -90,6 +92,9 @@ class JointExplainer(nn.Module):
         if method.needs_linear_head and head_weight is None:
             raise ValueError(f"method {method.name} needs the linear head's weight")
         self.head_weight = head_weight
+        # Verification only (never set while tracing): called with the layer's activations as
+        # the CAM method gets them (see textcam.export.verification).
+        self.inspect_activations: Callable[[Tensor], object] | None = None
 
     def forward(self, image: Tensor, target_class: Tensor) -> tuple[Tensor, ...]:
         captured: list[Tensor] = []
@@ -126,6 +131,8 @@ class JointExplainer(nn.Module):
             extra = {}
         activations = self.layout.to_grid(layer_output)
         gradients = self.layout.to_grid(gradient)
+        if self.inspect_activations is not None:
+            self.inspect_activations(activations.detach())
         weights, saliency = self.method.function(activations, gradients, **extra)
         outputs = (
             logits,

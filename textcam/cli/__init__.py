@@ -27,6 +27,7 @@ from textcam.cli.info_cmd import info_command
 from textcam.cli.safe_text import safe_text
 from textcam.cli.selftest_cmd import selftest_command
 from textcam.cli.semantics_cmd import semantics_command
+from textcam.cli.serve_cmd import serve_command
 from textcam.errors import TextcamError
 
 PARAM_FLAGS: dict[str, dict[str, str]] = {
@@ -154,3 +155,4 @@ main.add_command(demo_command)
 main.add_command(semantics_command)
 main.add_command(build_engine_command)
 main.add_command(selftest_command)
+main.add_command(serve_command)

@@ -1,0 +1,347 @@
+"""Ray Serve hosting vs an in-process ``Explainer``: requests/s and p50/p99 latency vs client concurrency.
+
+Contenders, on the same machine and the built-in default bundle, with the same PNG scenes:
+
+- ``in-process``: one ``Explainer`` shared by N client threads, each request = open the PNG
+  bytes + ``explain`` (what a Python service embedding textcam does per request);
+- ``ray-1`` / ``ray-2``: ``textcam.serving.ray_app`` with 1 and 2 replicas, N client threads
+  each holding a keep-alive HTTP connection, ``POST /explain`` with the PNG bytes.
+
+For each contender and concurrency (1, 2, 4, 8 by default) the clients run for ``--duration``
+seconds after a warm-up; requests/s, p50 and p99 of the per-request latency are reported, and,
+as ratios within this run, each Ray row against the in-process row at the same concurrency.
+``in-process`` runs first and again last (both kept; the report uses their mean, and the spread
+says how much the machine drifted). The serving overhead per request is ``p50(ray-1, 1 client) -
+p50(in-process, 1 client)``, given also as a share of the graph's own time (median of the raw
+graph call, batch 1). Replicas and the in-process explainer use ``--threads`` backend threads.
+
+Ray binds to the machine's network address even when told 127.0.0.1, so the run happens in a
+private network namespace (loopback only): as root the script re-executes itself under
+``unshare -n``; otherwise run it so yourself::
+
+    sudo unshare -n sh -c 'ip link set lo up && exec .venv/bin/python benchmarks/serving.py'
+
+    python benchmarks/serving.py                              # 5 s per point
+    python benchmarks/serving.py --duration 2 --concurrency 1,4 --out /tmp/serving-smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PORT = 8765
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def private_network() -> bool:
+    """True inside a network namespace that has only loopback."""
+    try:
+        return sorted(os.listdir("/sys/class/net")) == ["lo"]
+    except OSError:
+        return False
+
+
+def reexec_in_namespace() -> None:
+    """Run this script again inside ``unshare -n`` (root only) and exit with its status."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        raise SystemExit("benchmarks/serving.py: Ray must run in a private network namespace; as root run: "
+                         "unshare -n sh -c 'ip link set lo up && exec python benchmarks/serving.py ...'")
+    quoted = " ".join("'" + a.replace("'", "'\\''") + "'" for a in (sys.executable, __file__, *sys.argv[1:]))
+    # a PID namespace too where it can be had: every Ray process dies with the run
+    pid_ns = subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "true"], capture_output=True,
+                            check=False).returncode == 0
+    command = ["unshare", "-n", *(["-p", "-f", "--mount-proc"] if pid_ns else []), "sh", "-c",
+               f"ip link set lo up && exec {quoted}"]
+    raise SystemExit(subprocess.run(command, check=False).returncode)
+
+
+def make_images(count: int, size: int) -> list[bytes]:
+    """``count`` shapes-world scenes as PNG bytes, ``size`` x ``size`` pixels."""
+    from PIL import Image
+
+    from textcam.shapes_world.generator import ShapesWorld
+
+    world = ShapesWorld(64, seed=11)
+    bodies = []
+    for index in range(count):
+        image = Image.fromarray(world.scene(index).image)
+        if size != 64:
+            image = image.resize((size, size), Image.Resampling.BILINEAR)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        bodies.append(buffer.getvalue())
+    return bodies
+
+
+def drive(call: Callable[[int, bytes], None], bodies: list[bytes], threads: int, seconds: float,
+          warmup: int) -> dict:
+    """``threads`` clients calling ``call(thread, body)`` in a loop for ``seconds``; per-request latency."""
+    for index in range(warmup):
+        call(0, bodies[index % len(bodies)])
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    failures = [0] * threads
+    stop_at = time.perf_counter() + seconds
+
+    def client(number: int) -> None:
+        turn = number
+        while time.perf_counter() < stop_at:
+            body = bodies[turn % len(bodies)]
+            turn += 1
+            start = time.perf_counter()
+            try:
+                call(number, body)
+            except Exception:  # counted, not fatal: a benchmark reports failures, it does not hide them
+                failures[number] += 1
+                continue
+            latencies[number].append(time.perf_counter() - start)
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - started
+    found = np.array([v for values in latencies for v in values]) * 1000
+    return {
+        "requests": int(found.size),
+        "failures": int(sum(failures)),
+        "seconds": round(elapsed, 3),
+        "rps": round(found.size / elapsed, 2),
+        "p50_ms": round(float(np.percentile(found, 50)), 3) if found.size else None,
+        "p99_ms": round(float(np.percentile(found, 99)), 3) if found.size else None,
+    }
+
+
+class HttpClients:
+    """One keep-alive connection per client thread to the served application."""
+
+    def __init__(self, port: int, threads: int):
+        self.port = port
+        self.connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(threads)]
+
+    def __call__(self, number: int, body: bytes) -> None:
+        connection = self.connections[number]
+        try:
+            connection.request("POST", "/explain", body=body, headers={"Content-Type": "image/png"})
+            answer = connection.getresponse()
+            payload = answer.read()
+        except (OSError, http.client.HTTPException):
+            connection.close()  # reconnect on the next call
+            raise
+        if answer.status != 200:
+            raise RuntimeError(f"HTTP {answer.status}: {payload[:200]!r}")
+        json.loads(payload)
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.close()
+
+
+def in_process_call(explainer) -> Callable[[int, bytes], None]:
+    from textcam.serving.ray_http import explanation_payload, open_image
+
+    def call(_number: int, body: bytes) -> None:
+        # the same per-request work as a replica: open the bytes, explain, build the JSON answer
+        image = open_image(body, explainer.max_pixels)
+        json.dumps(explanation_payload(explainer.explain(image)))
+
+    return call
+
+
+def graph_ms(explainer, rounds: int = 200) -> float:
+    """Median ms of the raw graph call at batch 1 (the graph's own time, no pre/post-processing)."""
+    spec = explainer.bundle.input
+    batch = np.random.default_rng(0).standard_normal((1, 3, spec.height, spec.width)).astype(np.float32)
+    classes = np.full(1, -1, dtype=np.int64)
+    runner = explainer.runner
+    for _ in range(10):
+        runner.run(batch, classes)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        runner.run(batch, classes)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def measure(args) -> dict:
+    import ray
+    from ray import serve
+
+    from textcam.runtime import Explainer
+    from textcam.serving.ray_app import build_app, serve_bundle
+    from textcam.serving.ray_settings import ServeSettings
+    from textcam.shapes_world.artifacts import DEFAULT_BUNDLE
+
+    bodies = make_images(args.images, args.image_size)
+    settings = {"threads": args.threads, "max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms}
+    explainer = Explainer(DEFAULT_BUNDLE, backend_options={"intra_op_threads": args.threads, "allow_spinning": False},
+                          batch_size=args.max_batch_size)
+    graph = graph_ms(explainer)
+    log(f"graph {graph:.3f} ms per call (batch 1); native core: {explainer.native}")
+    rows: list[dict] = []
+
+    def run_in_process(tag: str) -> None:
+        call = in_process_call(explainer)
+        for threads in args.concurrency:
+            log(f"in-process ({tag}), {threads} client(s)")
+            rows.append({"contender": "in-process", "pass": tag, "concurrency": threads,
+                         **drive(call, bodies, threads, args.duration, args.warmup)})
+
+    run_in_process("first")
+    load_before = os.getloadavg()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    started = time.perf_counter()
+    serve_bundle("default", replicas=1, port=PORT, **settings)
+    startup_s = time.perf_counter() - started
+    for replicas in (1, 2):
+        if replicas == 2:
+            serve.run(build_app(ServeSettings(bundle="default", replicas=2, **settings)), name="textcam",
+                      route_prefix="/")
+        for threads in args.concurrency:
+            log(f"ray-{replicas}, {threads} client(s)")
+            clients = HttpClients(PORT, threads)
+            rows.append({"contender": f"ray-{replicas}", "pass": "", "concurrency": threads,
+                         **drive(clients, bodies, threads, args.duration, args.warmup)})
+            clients.close()
+    ray.shutdown()
+    run_in_process("last")
+    return {"graph_ms": round(graph, 4), "native": explainer.native, "rows": rows, "serve_startup_s": round(startup_s, 2),
+            "load_during_ray": [round(v, 2) for v in load_before]}
+
+
+def summarize(rows: list[dict], concurrency: list[int], graph: float) -> dict:
+    """Per concurrency: each contender's rps/p50/p99 (in-process: mean of its two passes) and the ratios."""
+    table = []
+    for threads in concurrency:
+        inproc = [r for r in rows if r["contender"] == "in-process" and r["concurrency"] == threads]
+        base = {key: round(statistics.mean(r[key] for r in inproc), 3) for key in ("rps", "p50_ms", "p99_ms")}
+        spread = (round(abs(inproc[0]["rps"] - inproc[-1]["rps"]) / max(base["rps"], 1e-9), 3)
+                  if len(inproc) == 2 else None)
+        table.append({"contender": "in-process", "concurrency": threads, **base, "rps_drift": spread,
+                      "failures": sum(r["failures"] for r in inproc)})
+        for name in ("ray-1", "ray-2"):
+            for row in (r for r in rows if r["contender"] == name and r["concurrency"] == threads):
+                table.append({"contender": name, "concurrency": threads, "rps": row["rps"], "p50_ms": row["p50_ms"],
+                              "p99_ms": row["p99_ms"], "failures": row["failures"],
+                              "rps_vs_in_process": round(row["rps"] / base["rps"], 3) if base["rps"] else None,
+                              "p50_vs_in_process": (round(row["p50_ms"] / base["p50_ms"], 3)
+                                                    if row["p50_ms"] and base["p50_ms"] else None)})
+    first = min(concurrency)
+    inproc_p50 = next(r["p50_ms"] for r in table if r["contender"] == "in-process" and r["concurrency"] == first)
+    ray_p50 = next((r["p50_ms"] for r in table if r["contender"] == "ray-1" and r["concurrency"] == first), None)
+    overhead = None if ray_p50 is None else round(ray_p50 - inproc_p50, 3)
+    return {"table": table, "overhead": {
+        "concurrency": first, "in_process_p50_ms": inproc_p50, "ray_1_p50_ms": ray_p50, "overhead_ms": overhead,
+        "overhead_over_graph": None if overhead is None else round(overhead / graph, 2),
+        "in_process_over_graph": round(inproc_p50 / graph, 2)}}
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    s = report["settings"]
+    o = report["summary"]["overhead"]
+    lines = [
+        "# Ray Serve hosting vs in-process",
+        "",
+        "`python benchmarks/serving.py` (in a private network namespace): the built-in default bundle "
+        f"(64x64 input), {s['images']} PNG scenes of {s['image_size']}x{s['image_size']}, "
+        f"{s['duration']} s per point after {s['warmup']} warm-up calls; backend threads {s['threads']} per "
+        f"replica and in-process; max_batch_size {s['max_batch_size']}, batch_wait_ms {s['batch_wait_ms']}. "
+        "`in-process`: one Explainer shared by the client threads (open bytes + explain + JSON per request; "
+        "mean of a pass before and after the Ray rows). `ray-N`: Serve with N replicas, keep-alive HTTP clients.",
+        "",
+        "| contender | clients | requests/s | p50 ms | p99 ms | rps vs in-process | p50 vs in-process | failures |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["summary"]["table"]:
+        lines.append(
+            f"| {row['contender']} | {row['concurrency']} | {row['rps']:.1f} | {_ms(row['p50_ms'])} | "
+            f"{_ms(row['p99_ms'])} | {_ratio(row.get('rps_vs_in_process'))} | {_ratio(row.get('p50_vs_in_process'))} "
+            f"| {row['failures']} |"
+        )
+    lines += [
+        "",
+        f"Graph alone (raw call, batch 1): {report['graph_ms']:.3f} ms. Per request at {o['concurrency']} client: "
+        f"in-process {_ms(o['in_process_p50_ms'])} ms ({o['in_process_over_graph']}x the graph), "
+        f"ray-1 {_ms(o['ray_1_p50_ms'])} ms; serving overhead {_ms(o['overhead_ms'])} ms = "
+        f"{o['overhead_over_graph']}x the graph's time (HTTP, proxy, replica hop, batch wait).",
+        "",
+        f"Machine: {report['machine']}; Python {report['python']}, ray {report['versions'].get('ray')}, "
+        f"onnxruntime {report['versions'].get('onnxruntime')}; load average before {report['load_before']}, "
+        f"after {report['load_after']}. Numbers from one shared machine: compare ratios within this run.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _ratio(value) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", default="1,2,4,8", help="client threads per point (default: %(default)s)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per point (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=20, help="calls before each point (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="backend threads (default: %(default)s)")
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--images", type=int, default=16, help="distinct scenes (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=64, help="scene side in pixels (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for serving.json and serving.md")
+    args = parser.parse_args()
+    if not private_network():
+        reexec_in_namespace()
+    args.concurrency = [int(v) for v in args.concurrency.split(",")]
+    load_before = os.getloadavg()
+    found = measure(args)
+    report = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        **found,
+        "summary": summarize(found["rows"], args.concurrency, found["graph_ms"]),
+        "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs",
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in ("ray", "onnxruntime", "numpy")},
+        "load_before": [round(v, 2) for v in load_before],
+        "load_after": [round(v, 2) for v in os.getloadavg()],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serving.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(report, args.out / "serving.md")
+    log(f"wrote {args.out / 'serving.json'} and {args.out / 'serving.md'}")
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    main()
