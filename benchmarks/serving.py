@@ -47,6 +47,7 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PORT = 8765
+REEXEC_GUARD = "TEXTCAM_SERVING_BENCH_NETNS"
 
 
 def log(message: str) -> None:
@@ -54,15 +55,19 @@ def log(message: str) -> None:
 
 
 def private_network() -> bool:
-    """True inside a network namespace that has only loopback."""
+    """True inside a network namespace that has only loopback (/proc/net is the caller's namespace;
+    /sys/class/net would show the namespace that mounted /sys)."""
     try:
-        return sorted(os.listdir("/sys/class/net")) == ["lo"]
+        lines = Path("/proc/net/dev").read_text().splitlines()[2:]
     except OSError:
         return False
+    return [line.split(":", 1)[0].strip() for line in lines] == ["lo"]
 
 
 def reexec_in_namespace() -> None:
     """Run this script again inside ``unshare -n`` (root only) and exit with its status."""
+    if os.environ.get(REEXEC_GUARD):  # already re-executed once: never again, whatever the check said
+        raise SystemExit("benchmarks/serving.py: the private network namespace still shows other interfaces")
     if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
         raise SystemExit("benchmarks/serving.py: Ray must run in a private network namespace; as root run: "
                          "unshare -n sh -c 'ip link set lo up && exec python benchmarks/serving.py ...'")
@@ -72,7 +77,7 @@ def reexec_in_namespace() -> None:
                             check=False).returncode == 0
     command = ["unshare", "-n", *(["-p", "-f", "--mount-proc"] if pid_ns else []), "sh", "-c",
                f"ip link set lo up && exec {quoted}"]
-    raise SystemExit(subprocess.run(command, check=False).returncode)
+    raise SystemExit(subprocess.run(command, check=False, env={**os.environ, REEXEC_GUARD: "1"}).returncode)
 
 
 def make_images(count: int, size: int) -> list[bytes]:
@@ -189,15 +194,15 @@ def measure(args) -> dict:
     import ray
     from ray import serve
 
+    from textcam.cli.bundle_arg import resolve_bundle
     from textcam.runtime import Explainer
     from textcam.serving.ray_app import build_app, serve_bundle
     from textcam.serving.ray_settings import ServeSettings
-    from textcam.shapes_world.artifacts import DEFAULT_BUNDLE
 
     bodies = make_images(args.images, args.image_size)
     settings = {"threads": args.threads, "max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms}
-    explainer = Explainer(DEFAULT_BUNDLE, backend_options={"intra_op_threads": args.threads, "allow_spinning": False},
-                          batch_size=args.max_batch_size)
+    explainer = Explainer(resolve_bundle(args.bundle), batch_size=args.max_batch_size,
+                          backend_options={"intra_op_threads": args.threads, "allow_spinning": False})
     graph = graph_ms(explainer)
     log(f"graph {graph:.3f} ms per call (batch 1); native core: {explainer.native}")
     rows: list[dict] = []
@@ -213,11 +218,11 @@ def measure(args) -> dict:
     load_before = os.getloadavg()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     started = time.perf_counter()
-    serve_bundle("default", replicas=1, port=PORT, **settings)
+    serve_bundle(args.bundle, replicas=1, port=PORT, **settings)
     startup_s = time.perf_counter() - started
     for replicas in (1, 2):
         if replicas == 2:
-            serve.run(build_app(ServeSettings(bundle="default", replicas=2, **settings)), name="textcam",
+            serve.run(build_app(ServeSettings(bundle=args.bundle, replicas=2, **settings)), name="textcam",
                       route_prefix="/")
         for threads in args.concurrency:
             log(f"ray-{replicas}, {threads} client(s)")
@@ -227,8 +232,9 @@ def measure(args) -> dict:
             clients.close()
     ray.shutdown()
     run_in_process("last")
-    return {"graph_ms": round(graph, 4), "native": explainer.native, "rows": rows, "serve_startup_s": round(startup_s, 2),
-            "load_during_ray": [round(v, 2) for v in load_before]}
+    return {"graph_ms": round(graph, 4), "native": explainer.native,
+            "input_size": [explainer.bundle.input.height, explainer.bundle.input.width], "rows": rows,
+            "serve_startup_s": round(startup_s, 2), "load_during_ray": [round(v, 2) for v in load_before]}
 
 
 def summarize(rows: list[dict], concurrency: list[int], graph: float) -> dict:
@@ -264,8 +270,9 @@ def write_markdown(report: dict, path: Path) -> None:
     lines = [
         "# Ray Serve hosting vs in-process",
         "",
-        "`python benchmarks/serving.py` (in a private network namespace): the built-in default bundle "
-        f"(64x64 input), {s['images']} PNG scenes of {s['image_size']}x{s['image_size']}, "
+        f"`python benchmarks/serving.py` (in a private network namespace): bundle {s['bundle']} "
+        f"({report['input_size'][0]}x{report['input_size'][1]} input), {s['images']} PNG scenes of "
+        f"{s['image_size']}x{s['image_size']}, "
         f"{s['duration']} s per point after {s['warmup']} warm-up calls; backend threads {s['threads']} per "
         f"replica and in-process; max_batch_size {s['max_batch_size']}, batch_wait_ms {s['batch_wait_ms']}. "
         "`in-process`: one Explainer shared by the client threads (open bytes + explain + JSON per request; "
@@ -285,7 +292,8 @@ def write_markdown(report: dict, path: Path) -> None:
         f"Graph alone (raw call, batch 1): {report['graph_ms']:.3f} ms. Per request at {o['concurrency']} client: "
         f"in-process {_ms(o['in_process_p50_ms'])} ms ({o['in_process_over_graph']}x the graph), "
         f"ray-1 {_ms(o['ray_1_p50_ms'])} ms; serving overhead {_ms(o['overhead_ms'])} ms = "
-        f"{o['overhead_over_graph']}x the graph's time (HTTP, proxy, replica hop, batch wait).",
+        f"{o['overhead_over_graph']}x the graph's time (HTTP, Serve's proxy, the hop to the replica, and up to "
+        f"{s['batch_wait_ms']:g} ms of batch wait while a lone request waits for company).",
         "",
         f"Machine: {report['machine']}; Python {report['python']}, ray {report['versions'].get('ray')}, "
         f"onnxruntime {report['versions'].get('onnxruntime')}; load average before {report['load_before']}, "
@@ -305,6 +313,8 @@ def _ratio(value) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", default="default",
+                        help="bundle directory; default: the built-in shapes-world bundle (64x64 input)")
     parser.add_argument("--concurrency", default="1,2,4,8", help="client threads per point (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per point (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=20, help="calls before each point (default: %(default)s)")

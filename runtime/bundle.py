@@ -128,6 +128,8 @@ class Bundle:
         """
         if isinstance(graph, FileRef):
             kind = "fused_graph" if self.info.fused_graph and graph == self.info.fused_graph.graph else "model"
+            if self.info.model.external_data:  # the fused graph reads the model's weights file too
+                self.file(self.info.model.external_data, "model")
             path = self.file(graph, kind)
         elif isinstance(graph, (str, os.PathLike)):
             path = Path(graph)

@@ -71,7 +71,9 @@ def fuse_ranking(
         raise TextcamError(f"candidates={candidates!r}: expected an integer from 1 to {MAX_CANDIDATES:,}")
     count = min(int(candidates), T.shape[0])
     try:
-        model = onnx.load(str(model_path))
+        # weights kept where they are: a graph with external data (model.onnx.data) stays a reference
+        # to it, so the fused copy beside it in the bundle shares that file instead of copying 2 GB+
+        model = onnx.load(str(model_path), load_external_data=False)
     except Exception as exc:  # onnx raises protobuf errors for damaged files
         raise TextcamError(
             f"{model_path}: cannot load the ONNX graph ({first_line(exc)}); re-run `textcam export`"
@@ -141,10 +143,29 @@ def fuse_ranking(
 
     graph.output.extend([output("concept_ids", TensorProto.INT64), output("concept_scores", TensorProto.FLOAT)])
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(_checkable(model))
         data = model.SerializeToString()
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise TextcamError(f"fused graph: {first_line(exc)}") from None
     out_path = Path(out_path)
     write_file_atomic(out_path, data)
     return {"file": out_path.name, "sha256": hashlib.sha256(data).hexdigest(), "candidates": count, "beta": mode}
+
+
+def _checkable(model):
+    """``model``, or a copy whose external-data weights are graph inputs instead: the checker would
+    look for their file relative to the working directory, not beside the graph."""
+    import onnx
+    from onnx import helper
+
+    external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not external:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    names = {t.name for t in external}
+    kept = [t for t in copy.graph.initializer if t.name not in names]
+    del copy.graph.initializer[:]
+    copy.graph.initializer.extend(kept)
+    copy.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in external)
+    return copy

@@ -115,3 +115,32 @@ def test_info_names_the_weights_file(bundles):
     assert result.exit_code == 0, result.output
     assert "(weights in model.onnx.data," in result.output
 
+
+
+def test_semantics_fused_into_an_external_data_graph_share_its_weights(bundles, tmp_path):
+    """The fused ranking graph keeps referring to model.onnx.data (no copy of the weights) and
+    explains as the same semantics on the single-file bundle do."""
+    from semantics_helpers import add_semantics, make_store
+
+    single, external = bundles
+    copies = [shutil.copytree(b, tmp_path / b.name) for b in (single, external)]
+    for bundle in copies:
+        add_semantics(bundle, make_store(channels=16, dim=8, vocabulary=30, seed=2,
+                                         model_sha256=json.loads((bundle / "manifest.json").read_text())
+                                         ["model"]["sha256"]))
+    fused = json.loads((copies[1] / "manifest.json").read_text())["fused_graph"]
+    import onnx
+
+    def external(path):
+        graph = onnx.load(str(path), load_external_data=False).graph
+        return {t.name: {e.key: e.value for e in t.external_data}["location"]
+                for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+
+    weights = external(copies[1] / "model.onnx")
+    assert weights and set(weights.values()) == {WEIGHTS_FILE}
+    assert external(copies[1] / fused["file"]) == weights  # references, not copies
+    image = np.random.default_rng(4).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    with Explainer(copies[0], native=False) as one, Explainer(copies[1], native=False) as other:
+        want, got = one.explain(image), other.explain(image)
+    assert [c.phrase for c in got.concepts] == [c.phrase for c in want.concepts] and got.concepts
+    np.testing.assert_allclose(got.heatmap, want.heatmap, atol=1e-6)
