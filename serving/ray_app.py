@@ -60,21 +60,26 @@ class TextcamExplainer:
         self.settings = ServeSettings(**settings)
         self.explainer = Explainer(self.settings.resolved_bundle(), **self.settings.explainer_options())
         self.classes = len(self.explainer.classes)
+        self.batches = self.batched_images = 0  # /info reports the mean batch: is batching happening?
         self._explain_batch.set_max_batch_size(self.settings.max_batch_size)
         self._explain_batch.set_batch_wait_timeout_s(self.settings.batch_wait_ms / 1000.0)
         self.selftest: dict[str, Any] | None = None
         if self.settings.selftest:
             self.selftest = self._run_selftest()
-            if not self.selftest["passed"]:
+            if self.selftest["passed"] is False:
                 # a host that gives other answers than the bundle expects must not serve it
                 raise TextcamError(f"{self.settings.bundle}: the bundle's self-test failed on this replica's host "
                                    f"({self.selftest['summary']}); run `textcam selftest` there")
 
     def _run_selftest(self) -> dict[str, Any]:
+        """``passed``: True or False, or None for a bundle from before self-tests (nothing to hold the host to)."""
+        if self.explainer.bundle.info.selftest is None:
+            return {"passed": None, "summary": "the bundle carries no self-test; re-export it to get one",
+                    "seconds": 0.0}
         start = time.perf_counter()
         try:
             report = self.explainer.selftest()
-        except TextcamError as exc:  # a bundle without a self-test: nothing to hold the host to
+        except TextcamError as exc:  # a self-test that cannot be read counts as failed
             return {"passed": False, "summary": first_line(exc), "seconds": 0.0}
         return {"passed": bool(report.passed), "summary": report.summary("self-test"), "backend": report.backend,
                 "seconds": round(time.perf_counter() - start, 4)}
@@ -83,6 +88,8 @@ class TextcamExplainer:
     async def _explain_batch(self, items: list[tuple[Any, int]]):
         images = [image for image, _ in items]
         classes = [index for _, index in items]
+        self.batches += 1
+        self.batched_images += len(items)
         return await asyncio.to_thread(self.explainer.explain_batch, images, classes)
 
     async def __call__(self, request: Request) -> JSONResponse:
@@ -104,7 +111,8 @@ class TextcamExplainer:
             if path == "/selftest":
                 self._method(request, "GET")
                 found = await asyncio.to_thread(self._run_selftest)
-                return JSONResponse({**found, "replica": _replica_id()}, status_code=200 if found["passed"] else 500)
+                return JSONResponse({**found, "replica": _replica_id()},
+                                    status_code=500 if found["passed"] is False else 200)
             raise HttpError(404, f"{request.method} {path}: no such endpoint; the endpoints: {', '.join(ROUTES)}")
         except HttpError as exc:
             return JSONResponse(error_body(exc.message), status_code=exc.status)
@@ -150,6 +158,7 @@ class TextcamExplainer:
             "max_batch_size": self.settings.max_batch_size,
             "batch_wait_ms": self.settings.batch_wait_ms,
             "max_body_bytes": self.settings.max_body_bytes,
+            "batches": {"calls": self.batches, "images": self.batched_images},
             "selftest": self.selftest,
         }
 

@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -154,7 +155,14 @@ def kill_one_replica() -> dict:
     names = replica_actors()
     victim = names[0]
     ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
-    return {"killed": victim, "before": names, "at_s": KILL_AFTER_S}
+    killed_at = time.monotonic()
+    # Serve's controller notices the dead actor and starts a replacement: time it from the kill
+    while time.monotonic() - killed_at < 60:
+        if running_replicas() == 2 and victim not in replica_actors() and len(replica_actors()) == 2:
+            break
+        time.sleep(0.2)
+    return {"killed": victim, "before": names, "at_s": KILL_AFTER_S,
+            "replaced_after_s": round(time.monotonic() - killed_at, 2)}
 
 
 def server(images_dir: str, port: int) -> dict:
@@ -204,12 +212,15 @@ def server(images_dir: str, port: int) -> dict:
 
     load_images = images[:4]
     out["load"] = Load(url, load_images, LOAD_THREADS, LOAD_SECONDS).run()
+    batches = {body.get("replica", "?"): body.get("batches") for _, body, _ in
+               (request(f"{url}/info") for _ in range(12))}
+    out["load"]["batches"] = batches
 
     fault = Load(url, load_images, LOAD_THREADS, FAULT_SECONDS).run(during=kill_one_replica)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (running_replicas() == 2 and len(replica_actors()) == 2):
         time.sleep(0.5)
-    fault["recovered_s"] = round(time.monotonic() - deadline + 60, 2)
+    fault["recovered_after_load_s"] = round(time.monotonic() - deadline + 60, 2)
     fault["running_after"] = running_replicas()
     fault["after"] = replica_actors()
     after_infos = [request(f"{url}/info")[1] for _ in range(12)]
@@ -224,30 +235,44 @@ def cli(port: int) -> dict:
     """``textcam serve default`` stops by itself (--duration) after answering a request."""
     command = [sys.executable, "-m", "textcam", "serve", "default", "--port", str(port), "--duration", "6",
                "--threads", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    health = None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
+    # stderr to a file, not a pipe: Ray's start-up lines cannot fill it and block the server
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+        # the URL on stdout says every replica is ready (Serve's proxy answers 404/503 before that)
+        first_line = process.stdout.readline().strip()
+        health = request(f"{url}/health", timeout=10)[:2] if first_line == url else None
+        explained = None
+        if health:
+            image = Path(os.environ["TEXTCAM_TEST_IMAGE"]).read_bytes()
+            explained = request(f"{url}/explain", image, "image/png")[:2]
         try:
-            health = request(f"{url}/health", timeout=2)[:2]
-            break
-        except OSError:
-            time.sleep(0.3)
-    explained = None
-    if health:
-        image = Path(os.environ["TEXTCAM_TEST_IMAGE"]).read_bytes()
-        explained = request(f"{url}/explain", image, "image/png")[:2]
-    try:
-        stdout, stderr = process.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        stdout, stderr = process.communicate()
-    return {"health": health, "explained": explained, "returncode": process.returncode, "stdout": stdout,
-            "stderr_tail": stderr[-2000:]}
+            stdout, _ = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, _ = process.communicate()
+        errors.seek(0)
+        stderr = errors.read()
+    return {"health": health, "explained": explained, "returncode": process.returncode,
+            "stdout": first_line + "\n" + stdout, "stderr_tail": stderr[-2000:]}
+
+
+def loopback_up() -> None:
+    """Set IFF_UP on ``lo`` (what ``ip link set lo up`` does), for hosts without ``ip``; a no-op when up."""
+    import fcntl
+    import socket
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sh", b"lo", 0)
+        flags = struct.unpack("16sh", fcntl.ioctl(sock, siocgifflags, request)[:18])[1]
+        if not flags & iff_up:
+            fcntl.ioctl(sock, siocsifflags, struct.pack("16sh", b"lo", flags | iff_up))
 
 
 def main() -> None:
+    loopback_up()
     mode = sys.argv[1]
     result = server(sys.argv[2], int(sys.argv[3])) if mode == "server" else cli(int(sys.argv[2]))
     sys.stdout.flush()

@@ -43,18 +43,24 @@ try:
 except ImportError:
     HAVE_RAY = False
 
+# importing Ray Serve warns about its own pydantic usage: not ours to act on
+pytestmark = pytest.mark.filterwarnings("ignore:Using extra keyword arguments on `Field`:DeprecationWarning")
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray[serve] is not installed (pip install 'textcam[serve]')")
 
 
+LOOPBACK_UP = "ip link set lo up && " if shutil.which("ip") else ""
+"""With `ip` missing the child brings loopback up itself (an ioctl, ray_serve_child.loopback_up)."""
+
+
 def netns_prefix() -> list[str] | None:
-    """The command prefix that runs a shell in a private network namespace with loopback up, or None.
+    """The command prefix that runs a shell in a private network namespace, or None where there is none.
 
     A PID namespace too where it can be had: every Ray process then dies with the child, even one
     killed at a timeout."""
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
+    if shutil.which("unshare") is None:
         return None
     for extra in (["-p", "-f", "--mount-proc"], []):
-        probe = subprocess.run(["unshare", "-n", *extra, "sh", "-c", "ip link set lo up"], capture_output=True,
+        probe = subprocess.run(["unshare", "-n", *extra, "sh", "-c", f"{LOOPBACK_UP}true"], capture_output=True,
                                check=False)
         if probe.returncode == 0:
             return ["unshare", "-n", *extra, "sh", "-c"]
@@ -63,7 +69,7 @@ def netns_prefix() -> list[str] | None:
 
 def child_command(prefix: list[str], *args: str) -> list[str]:
     quoted = " ".join(f"'{a}'" for a in (sys.executable, str(CHILD), *args))
-    return [*prefix, f"ip link set lo up && exec {quoted}"]
+    return [*prefix, f"{LOOPBACK_UP}exec {quoted}"]
 
 
 def write_images(folder: Path) -> list[Path]:
@@ -109,7 +115,8 @@ def children(images):
         pytest.skip("ray[serve] is not installed")
     prefix = netns_prefix()
     if prefix is None:
-        pytest.skip("needs `unshare -n` and `ip` (root or CAP_SYS_ADMIN): Ray must not bind the machine's address")
+        pytest.skip("needs `unshare -n` (root or CAP_SYS_ADMIN): Ray must run where it cannot bind the machine's "
+                    "address")
     env = {**os.environ, "TEXTCAM_TEST_IMAGE": str(images[0]), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("TEXTCAM_NATIVE", None)  # the replicas run as deployed: the C++ core when installed
     started = {"server": Child(child_command(prefix, "server", str(images[0].parent), "8123"), env),
@@ -177,6 +184,9 @@ def test_concurrent_clients_on_two_replicas_all_correct(served, images, referenc
     assert load["threads"] == 8 and load["lost"] == 0, load["errors"]
     assert load["count"] >= 8, load
     assert len(load["replicas"]) == 2, load["replicas"]  # both replicas answered
+    calls = sum(found["calls"] for found in load["batches"].values())
+    images_in_batches = sum(found["images"] for found in load["batches"].values())
+    assert images_in_batches / calls > 1.1, load["batches"]  # concurrent requests shared graph calls
     by_name = {path.name: path for path in images}
     for name, found in load["distinct"].items():
         expected = explained(reference, by_name[name])
@@ -249,8 +259,11 @@ def test_cli_serves_and_stops_by_itself(children, reference, images):
 
 
 def test_cli_without_ray_says_which_extra(monkeypatch):
+    import textcam.serving
+
     for name in [m for m in sys.modules if m == "ray" or m.startswith(("ray.", "textcam.serving.ray_app"))]:
         monkeypatch.delitem(sys.modules, name)
+    monkeypatch.delattr(textcam.serving, "ray_app", raising=False)
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     result = CliRunner().invoke(main, ["serve", "default", "--duration", "1"])
     assert result.exit_code == 1
@@ -293,3 +306,26 @@ def test_query_and_body_checks():
     with pytest.raises(HttpError) as caught:
         open_image(b"\x89PNG\r\n\x1a\n" + b"\0" * 20, 1000)
     assert caught.value.status == 400
+
+
+@needs_ray
+def test_replica_refuses_to_serve_when_the_selftest_fails(monkeypatch):
+    from dataclasses import asdict
+
+    from textcam.serving.ray_app import TextcamExplainer
+    from textcam.serving.ray_settings import ServeSettings
+
+    class Failed:
+        passed = False
+        backend = "onnxruntime"
+
+        def summary(self, label: str) -> str:
+            return f"{label} failed: cam max abs 5.0e-01 > 1.0e-03"
+
+    replica = TextcamExplainer.func_or_class  # the class itself, built here without Ray
+    settings = asdict(ServeSettings(bundle="default", threads=1))
+    assert replica(settings).selftest["passed"] is True
+    monkeypatch.setattr(Explainer, "selftest", lambda self: Failed())
+    with pytest.raises(TextcamError, match="self-test failed on this replica's host") as caught:
+        replica(settings)
+    assert "\n" not in str(caught.value)

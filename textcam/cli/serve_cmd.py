@@ -72,11 +72,12 @@ def serve_command(bundle, replicas, address, host, port, backend, threads, max_b
     ray_app = _import_ray_app()
     import logging
 
-    # replica access logs stay in Ray's log files: one line per request would drown the terminal
+    # replica access logs stay in Ray's log files: one line per request would drown the terminal;
+    # Serve's start-up notes too (one says http_options "will not be applied": they were, by serve.start)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     url = ray_app.serve_bundle(bundle, replicas, address, host, port,
                                ray_init={"logging_level": logging.WARNING, "log_to_driver": False},
                                **_settings_fields(settings))
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     click.echo(url)
     click.echo(safe_text(f"serving {bundle} at {url} with {replicas} replica(s); "
                          + (f"stopping after {duration:g} s" if duration else "Ctrl-C stops")), err=True)
@@ -92,8 +93,12 @@ def serve_command(bundle, replicas, address, host, port, backend, threads, max_b
 
 
 def _import_ray_app():
+    import importlib
+
     try:
-        from textcam.serving import ray_app
+        # import_module, not `from textcam.serving import ray_app`: the latter would accept a stale
+        # attribute of the package without importing ray
+        ray_app = importlib.import_module("textcam.serving.ray_app")
     except ImportError as exc:
         missing = (exc.name or "").split(".")[0]
         if missing in ("ray", "starlette", "fastapi", "uvicorn", "") or "ray" in str(exc):
