@@ -43,7 +43,14 @@ def _cells(cases, full: bool, methods=None):
     return params
 
 
-FAST_CELLS = _cells(pm.FAST_CASES, False) + _cells([pm.FAST_SWIN], False, pm.FAST_SWIN_METHODS)
+# the inner ResNet layer with two methods (every method runs at layer4 and on the ViT; the coverage
+# and verification tests export layer3 with Grad-CAM too)
+_INNER = [c for c in pm.FAST_CASES if c.layer == "layer3"]
+FAST_CELLS = (
+    _cells([c for c in pm.FAST_CASES if c not in _INNER], False)
+    + _cells(_INNER, False, ("gradcam", "layercam"))
+    + _cells([pm.FAST_SWIN], False, pm.FAST_SWIN_METHODS)
+)
 FULL_CELLS = _cells(pm.FULL_CASES, True)
 
 
