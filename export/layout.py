@@ -72,7 +72,21 @@ def infer_layout(
     if layout == "nhwc" or (layout == "auto" and _is_channels_last_family(model) and _reads_as_channels_last(shape,
                                                                                                           input_hw)):
         return Layout("nhwc", shape[3], (shape[1], shape[2]))
+    if layout == "auto" and not _image_like(shape[2], shape[3], input_hw):
+        # attention's [B, heads, tokens, head_dim] (timm's q_norm / k_norm), say: 4-d, but no grid
+        raise TextcamError(
+            f"the layer's output has shape {tuple(shape)}, whose last two sizes are not a grid over a "
+            f"{input_hw[0]}x{input_hw[1]} image (another aspect ratio); choose another layer, or pass "
+            "layout='nchw' if they are"
+        )
     return Layout("nchw", shape[1], (shape[2], shape[3]))
+
+
+def _image_like(h: int, w: int, input_hw: tuple[int, int]) -> bool:
+    """Whether an h x w grid has the input's aspect ratio, within a factor of 2 (strides and
+    padding round odd sizes; a [tokens, head_dim] pair such as 197 x 64 is off by 3)."""
+    ratio = (h * input_hw[1]) / (w * input_hw[0])
+    return 0.5 <= ratio <= 2.0
 
 
 def _reads_as_channels_last(shape: torch.Size, input_hw: tuple[int, int]) -> bool:

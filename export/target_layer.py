@@ -43,6 +43,9 @@ class ProbedLayer:
     """How many times the module ran in one forward pass (more than once: a shared module)."""
     reaches_logits: bool = False
     """The logits' gradient reaches the output (not cut by .detach(), torch.no_grad() or an integer cast)."""
+    inside_attention: bool = False
+    """The module is part of an attention module (timm's qkv, q_norm, k_norm): its output is no
+    feature map (queries and keys, [B, heads, tokens, head_dim]), so a default choice skips it."""
 
 
 class ProbeRecords(list):
@@ -99,11 +102,14 @@ def probe(model: nn.Module, example: Tensor) -> tuple[Tensor, ProbeRecords]:
                 layout = None
             if first.requires_grad:
                 first.retain_grad()
-            records.append(ProbedLayer(name, first, layout, version=first._version))
+            inside = any(name.startswith(prefix) for prefix in attention_prefixes)
+            records.append(ProbedLayer(name, first, layout, version=first._version, inside_attention=inside))
             return replaced
 
         return hook
 
+    attention_prefixes = [f"{name}." for name, module in model.named_modules()
+                          if name and "attention" in type(module).__name__.lower()]
     for name, module in model.named_modules():
         if name:
             hooks.append(module.register_forward_hook(record(name)))
@@ -329,9 +335,12 @@ def choose_layer(
 
 def _candidates(records: list[ProbedLayer]) -> list[ProbedLayer]:
     """Layers a default choice may take: a spatial output with a gradient, from a module that runs once
-    (a shared module, e.g. one ReLU used twice, names two activations)."""
+    (a shared module, e.g. one ReLU used twice, names two activations) and is no part of an attention
+    module."""
     return [
-        r for r in records if r.layout is not None and r.layout.grid != (1, 1) and r.spatial_gradient and r.calls == 1
+        r for r in records
+        if r.layout is not None and r.layout.grid != (1, 1) and r.spatial_gradient and r.calls == 1
+        and not r.inside_attention
     ]
 
 
