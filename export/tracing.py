@@ -25,6 +25,7 @@ Why an export failed (which op, which layer) is worked out in
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
@@ -65,7 +66,7 @@ def trace_joint(
     for p in joint.parameters():
         p.requires_grad_(False)
     try:
-        with sdpa_kernel(SDPBackend.MATH), tracing_patches(), warnings.catch_warnings():
+        with sdpa_kernel(SDPBackend.MATH), tracing_patches(), warnings.catch_warnings(), _attributes_kept(joint):
             warnings.simplefilter("ignore")
             graph = make_fx(
                 joint,
@@ -77,6 +78,27 @@ def trace_joint(
     except Exception as exc:  # the tracer raises many types; all mean "cannot trace"
         raise TextcamError(f"cannot trace the model: {describe_trace_failure(exc, joint)}") from exc
     return simplify(graph) if simplified else graph
+
+
+@contextmanager
+def _attributes_kept(module: nn.Module):
+    """Restore the modules' plain attributes (tensors, dicts, lists) after tracing.
+
+    Some models cache what their forward computes (timm's LeViT and EfficientFormer keep attention
+    biases in a dict per device, in eval mode); filled while tracing, such a cache holds the
+    tracer's fake tensors, which the next eager call (verification) would then use.
+    """
+    internal = set(vars(nn.Module()))  # parameters, buffers, hook tables: handles refer to those dicts
+    kept = []
+    for sub in module.modules():
+        for name, value in vars(sub).items():
+            if name not in internal and isinstance(value, (torch.Tensor, dict, list)):
+                kept.append((sub, name, copy.copy(value)))
+    try:
+        yield
+    finally:
+        for sub, name, value in kept:
+            object.__setattr__(sub, name, value)
 
 
 def _batch_symbolic_inputs(*tensors: torch.Tensor) -> list[torch.Tensor]:
