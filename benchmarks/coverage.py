@@ -368,7 +368,7 @@ def _spread(rows: list[dict]) -> list[str]:
 
 def markdown(results: dict) -> str:
     rows = [dict(row, id=key) for key, row in sorted(results["cells"].items())]
-    tv_default = [r for r in rows if r["id"].startswith("torchvision:") and "|default|" in r["id"]]
+    tv_default = [r for r in rows if r["id"].startswith("torchvision:") and r["id"].endswith("|default|gradcam")]
     ok_rows = [r for r in rows if r.get("status") == "ok"]
     slow = [r for r in ok_rows if r["id"].startswith("torchvision:") and r.get("export_s", 0) > EXPORT_TIME_TARGET_S]
     big = [
