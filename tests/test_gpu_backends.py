@@ -55,7 +55,7 @@ def test_unknown_backend_and_options(tiny_bundle):
         Explainer(tiny_bundle, backend="tensorrtt")
     with pytest.raises(TextcamError, match="has no option 'precision'; its options: providers"):
         Explainer(tiny_bundle, backend_options={"precision": "fp16"})
-    assert set(BACKENDS) == {"onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt"}
+    assert set(BACKENDS) == {"onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "openvino"}
 
 
 def test_onnxruntime_settings_are_refused_for_tensorrt():
