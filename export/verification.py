@@ -128,10 +128,8 @@ def verification_batches(
     return batches
 
 
-def _live_channels(activations: Tensor | None, weights: np.ndarray | None = None) -> np.ndarray:
+def _live_channels(activations: Tensor) -> np.ndarray:
     """[B, C] bool: channels with some activation above ``DEAD`` x the image's largest."""
-    if activations is None:
-        return np.ones(weights.shape, dtype=bool)
     per_channel = activations.abs().amax(dim=(2, 3))
     return (per_channel > DEAD * per_channel.amax(dim=1, keepdim=True)).numpy()
 
@@ -232,17 +230,16 @@ def verify_onnx(
         for runs, image, target in zip(eager32, images, targets, strict=True):
             image = _jittered(image, generator).contiguous(memory_format=torch.channels_last)
             runs += [_run_eager(joint, image, target) for _ in range(JITTER_DRAWS)]
-    live = []  # [B, C] per batch: channels not zero to float32 precision
-    joint.inspect_activations = lambda a: live.append(_live_channels(a))
-    try:
-        with _InFloat64(joint) as in_float64:
-            live.clear()  # the probe run of the switch
+    live = []  # [B, C] per batch: channels not zero to float32 precision (all, without float64)
+    with _InFloat64(joint) as in_float64:
+        joint.inspect_activations = lambda a: live.append(_live_channels(a)) if in_float64 else None
+        try:
             exact = [_run_eager(joint, image.double(), t) if in_float64 else runs[0]
                      for image, t, runs in zip(images, targets, eager32, strict=True)]
-        if not in_float64:
-            live = [_live_channels(None, run["weights"]) for run in exact]
-    finally:
-        joint.inspect_activations = None
+        finally:
+            joint.inspect_activations = None
+    if not in_float64:
+        live = [np.ones(run["weights"].shape, dtype=bool) for run in exact]
     reference = "eager autograd, float64" if in_float64 else "eager autograd, float32 (the model cannot run in float64)"
 
     graph_err = dict.fromkeys(FLOORS, 0.0)

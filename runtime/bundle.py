@@ -114,9 +114,14 @@ class Bundle:
         """The graph a runner loads: ``model.onnx`` (checked), or the one :meth:`with_graph` set."""
         if self.graph_file is not None:
             return self.graph_file
-        if self.info.model.external_data:  # ONNX Runtime and TensorRT's parser read it beside the graph
-            self.file(self.info.model.external_data, "model")
+        self._check_external_data()
         return self.file(self.info.model.graph, "model")
+
+    def _check_external_data(self) -> None:
+        """The graph's weights file, if it has one: runners read it from beside the graph (the
+        fused ranking graph refers to the same file)."""
+        if self.info.model.external_data:
+            self.file(self.info.model.external_data, "model")
 
     def with_graph(self, graph: FileRef | str | os.PathLike) -> Bundle:
         """This bundle (same manifest, same checked files) with ``graph`` as the graph runners load.
@@ -128,8 +133,7 @@ class Bundle:
         """
         if isinstance(graph, FileRef):
             kind = "fused_graph" if self.info.fused_graph and graph == self.info.fused_graph.graph else "model"
-            if self.info.model.external_data:  # the fused graph reads the model's weights file too
-                self.file(self.info.model.external_data, "model")
+            self._check_external_data()
             path = self.file(graph, kind)
         elif isinstance(graph, (str, os.PathLike)):
             path = Path(graph)
