@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -517,17 +517,26 @@ def run_selftest(bundle: Bundle | str | Path, backend: str = "onnxruntime",
     try:
         if data.settings is not None and host.semantics is None:
             raise TextcamError(f"{bundle.path}: the self-test checks concepts but the host loaded no semantics")
-        graph = _graph_and_concepts(host, data.expected["input"], data.settings)
-        batch = _preprocess(data.images, bundle.input)
-        end_to_end = _graph_and_concepts(host, batch, data.settings)
+        return host_report(bundle, data, host.backend, host_precision(host),
+                           lambda batch: _graph_and_concepts(host, batch, data.settings))
     finally:
         if own:
             host.close()
+
+
+def host_report(bundle: Bundle, data: SelftestData, host: str, precision: str,
+                run: Callable[[np.ndarray], Mapping[str, np.ndarray]]) -> SelftestReport:
+    """The self-test of a host that ``run`` reaches: ``run(batch)`` takes preprocessed float32
+    [N, 3, H, W] images and returns the graph's outputs for the predicted classes, with
+    ``concept_ids``/``concept_scores`` when the self-test checks concepts (``data.settings``).
+    Hosts outside this process (a Triton server) are held to the bundle this way."""
+    graph = run(data.expected["input"])
+    batch = _preprocess(data.images, bundle.input)
+    end_to_end = run(batch)
     expected = data.expected
-    precision = host_precision(host)
     tolerances = widened(data.tolerances, precision)
     outputs = {k: v for k, v in expected.items() if k != "input"}
     rows = compare_outputs("preprocess", {"input": expected["input"]}, {"input": batch}, tolerances)
     rows += compare_outputs("graph", outputs, graph, tolerances)
     rows += compare_outputs("end-to-end", outputs, end_to_end, tolerances)
-    return SelftestReport(str(bundle.path), host.backend, precision, len(data.images), tuple(rows))
+    return SelftestReport(str(bundle.path), host, precision, len(data.images), tuple(rows))
