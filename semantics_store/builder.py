@@ -1,11 +1,16 @@
 """``build_semantics``: the offline pipeline, phase by phase, with progress and a time summary.
 
-    scan      run the bundle's graph over the probe set -> a_j(x), the [N, C] score matrix
-    select    per channel, the M highest and M lowest images (P_j, N_j)
+    scan      run the bundle's graph over the probe set; each batch of scores a_j(x) goes straight
+              into the per-channel top/bottom-M selector, so the [N, C] matrix is never held
+    select    each channel's M highest and M lowest images (P_j, N_j), M capped at N/2
     embed     CLIP image embeddings of every image in some P_j or N_j (cached on disk)
     lda       one direction s_j per channel (docs/architecture.md section 4.3)
     text      the vocabulary through CLIP's text tower with prompt templates
     write     semantics.safetensors (+ the fused ranking graph) and the manifest, atomically
+
+With a checkpoint folder (``resume_dir``, or by default one inside ``cache``), the results of scan
+(with select), embed and lda are saved as each completes, and a restarted build with the same
+inputs continues after the last one (:mod:`textcam.semantics_store.build_checkpoint`).
 """
 
 from __future__ import annotations
@@ -28,15 +33,18 @@ from textcam.runtime.fused_ranking import fuse_ranking
 from textcam.runtime.images import load_image
 from textcam.runtime.manifest import FusedGraphSection, SemanticsSection
 from textcam.runtime.semantics_file import SemanticsStore, read_store, store_bytes
+from textcam.semantics_store.build_checkpoint import PHASES, BuildCheckpoint, build_header, header_digest
 from textcam.semantics_store.clip_encoder import ClipEncoder
 from textcam.semantics_store.embedding_cache import EmbeddingCache, file_hash
+from textcam.semantics_store.extremes import ExtremeSelector
 from textcam.semantics_store.lda import LDA_MODES, channel_directions
-from textcam.semantics_store.probe_set import extreme_images, list_probe_images, scan_activations
+from textcam.semantics_store.probe_set import list_probe_images, scan_probe
 from textcam.semantics_store.vocabulary import load_templates, load_vocabulary
 
 MIN_PROBE_IMAGES = 4
 DEFAULT_M = 50
 """Top and bottom images per channel: benchmarks/quality.py picks it from 20, 50, 100, 200."""
+TIE_BREAK_SEED = 0
 
 
 @dataclass
@@ -51,6 +59,13 @@ class BuildReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float = 0.0
+    embedded_images: int = 0
+    """Distinct images in some P_j or N_j: the only ones CLIP embeds (at most 2*M*C)."""
+    embedding_cache_hits: int = 0
+    """Of those, how many came from the embedding cache (or the checkpoint) instead of CLIP."""
+    resumed: list[str] = field(default_factory=list)
+    """Phases taken from the checkpoint instead of run."""
+    checkpoint: Path | None = None
 
 
 def _peak_memory_mb() -> float:
@@ -72,14 +87,19 @@ def build_semantics(
     log: Callable[[str], None] | None = None,
     probe_description: str | None = None,
     checkpoint: Callable[[str], None] | None = None,
+    resume_dir: str | Path | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> BuildReport:
     """Compute channel semantics for a bundle and write them into it. See the module docstring.
 
     ``probe_description`` is recorded in the store instead of the probe's path (for a temporary
     or generated probe set, say what it was). ``checkpoint`` is for failure-injection tests (see
-    :func:`textcam.runtime.bundle_update.update_bundle`).
+    :func:`textcam.runtime.bundle_update.update_bundle`). ``resume_dir`` is the checkpoint folder
+    (default: ``cache/checkpoints/<digest of the inputs>``; none without ``cache``); it is removed
+    after a successful build. ``on_phase(name)`` is called after each phase (and its checkpoint).
     """
     log = log or (lambda message: print(message, file=sys.stderr))
+    on_phase = on_phase or (lambda _name: None)
     if lda not in LDA_MODES:
         raise TextcamError(f"lda={lda!r}: choose one of {', '.join(LDA_MODES)}")
     if m < 1:
@@ -93,39 +113,63 @@ def build_semantics(
     if vocabulary.dropped_duplicates:
         notes.append(f"vocabulary: {vocabulary.dropped_duplicates} duplicate phrase(s) removed")
 
-    def bar(total, desc):
-        return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not show_progress, leave=False)
+    header = build_header(bundle.model_sha256, paths, m, lda, clip.model_id, TIE_BREAK_SEED)
+    if resume_dir is None and cache is not None:
+        # keyed by the inputs, so builds of other bundles or probe sets sharing a cache never meet
+        resume_dir = Path(cache) / "checkpoints" / header_digest(header)[:16]
+    saved = BuildCheckpoint.open(resume_dir, header) if resume_dir is not None else None
+    # a phase is taken from the checkpoint only if every phase before it was: each one's results
+    # were computed from the previous ones', so a later file never outlives a recomputed input
+    resumed: list[str] = []
+    for phase in saved.done() if saved else []:
+        if len(resumed) == PHASES.index(phase):
+            resumed.append(phase)
+
+    def bar(total, desc, unit="img"):
+        return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not show_progress, leave=False)
 
     start = time.perf_counter()
-    runner = create_runner("onnxruntime", bundle)
-    with bar(len(paths), "scan") as progress:
-        scores, kept, failed = scan_activations(bundle, runner, paths, batch_size, progress.update)
-    seconds["scan"] = time.perf_counter() - start
-    if failed:
-        notes.append(f"probe: skipped {len(failed)} unreadable file(s): " + ", ".join(str(p) for p, _ in failed[:5]))
-    if len(kept) < MIN_PROBE_IMAGES:
-        raise TextcamError(f"--probe: {len(kept)} readable image(s); at least {MIN_PROBE_IMAGES} are needed")
-    if 2 * m > len(kept):
-        notes.append(f"M capped from {m} to {len(kept) // 2}: the probe set has {len(kept)} readable images (< 2M)")
-        m = len(kept) // 2
+    scanned = saved.load("scan") if "scan" in resumed else None
+    if scanned is None:
+        positives, negatives, kept, failed, m, select_s = _scan_and_select(bundle, paths, m, batch_size, bar, notes)
+        if saved:
+            saved.save("scan", positives=positives, negatives=negatives, kept=kept, m=m,
+                       failed=[[str(p), message] for p, message in failed], notes=notes)
+        seconds["scan"] = time.perf_counter() - start - select_s
+        seconds["select"] = select_s
+    else:
+        positives, negatives, kept, m = scanned["positives"], scanned["negatives"], scanned["kept"], scanned["m"]
+        failed = [(Path(p), message) for p, message in scanned["failed"]]
+        notes = scanned["notes"]
+        seconds["scan"], seconds["select"] = time.perf_counter() - start, 0.0
+    on_phase("scan")
+    on_phase("select")
 
     start = time.perf_counter()
-    positives, negatives = extreme_images(scores, m)
     used = np.unique(np.concatenate([positives.ravel(), negatives.ravel()]))
-    seconds["select"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    embeddings = _embed_images(clip, [kept[i] for i in used], cache, batch_size, bar)
+    embedded = saved.load("embed") if "embed" in resumed else None
+    if embedded is None:
+        embeddings, hits = _embed_images(clip, [paths[i] for i in used], cache, batch_size, bar)
+        if saved:
+            saved.save("embed", used=used, embeddings=embeddings, hits=hits)
+    elif not np.array_equal(embedded["used"], used):
+        raise TextcamError(f"checkpoint {saved.folder}: embed.npz does not match scan.npz; delete the folder")
+    else:
+        embeddings, hits = embedded["embeddings"], len(used)
     seconds["embed"] = time.perf_counter() - start
-    row_of = np.full(len(kept), -1, dtype=np.int64)
-    row_of[used] = np.arange(len(used))
+    on_phase("embed")
 
     start = time.perf_counter()
-    with tqdm(total=scores.shape[1], desc="lda", unit="ch", file=sys.stderr, disable=not show_progress,
-              leave=False) as progress:
-        directions = channel_directions(embeddings, row_of[positives], row_of[negatives], lda,
-                                        progress=progress.update)
+    directions = saved.load("lda")["directions"] if "lda" in resumed else None
+    if directions is None:
+        # rows of ``embeddings`` are the sorted ``used`` ids: an O(C*M) lookup, no N-sized table
+        with bar(positives.shape[0], "lda", "ch") as progress:
+            directions = channel_directions(embeddings, np.searchsorted(used, positives),
+                                            np.searchsorted(used, negatives), lda, progress=progress.update)
+        if saved:
+            saved.save("lda", directions=directions)
     seconds["lda"] = time.perf_counter() - start
+    on_phase("lda")
 
     start = time.perf_counter()
     text = clip.embed_phrases(vocabulary.phrases, prompt_templates)
@@ -134,24 +178,61 @@ def build_semantics(
         raise TextcamError(
             f"CLIP text dimension {text.shape[1]} differs from its image dimension {directions.shape[1]}"
         )
+    on_phase("text")
 
     start = time.perf_counter()
     metadata = {
         "templates": prompt_templates,
-        "lda": {"mode": lda, "M": m, "tie_break_seed": 0},
-        "probe": {"source": probe_description or str(probe), "images": len(kept), "skipped": len(failed)},
+        "lda": {"mode": lda, "M": m, "tie_break_seed": TIE_BREAK_SEED},
+        "probe": {"source": probe_description or str(probe), "images": kept, "skipped": len(failed)},
         "vocabulary_sources": ",".join(vocabulary.sources),
     }
     store = SemanticsStore(directions, text, tuple(vocabulary.phrases), bundle.model_sha256, clip.model_id, metadata)
     store_path = write_semantics(bundle, store, lda, m, fuse, checkpoint)
     seconds["write"] = time.perf_counter() - start
+    if saved:
+        saved.remove()
+    on_phase("write")
     for path, message in failed:
         log(f"  skipped {path}: {message}")
-    return BuildReport(store_path, directions.shape[0], directions.shape[1], len(vocabulary.phrases), len(kept), m,
-                       notes, failed, seconds, _peak_memory_mb())
+    return BuildReport(store_path, directions.shape[0], directions.shape[1], len(vocabulary.phrases), kept, m,
+                       notes, failed, seconds, _peak_memory_mb(), embedded_images=len(used),
+                       embedding_cache_hits=hits, resumed=resumed, checkpoint=saved.folder if saved else None)
 
 
-def _embed_images(clip: ClipEncoder, paths: list[Path], cache_dir, batch_size: int, bar) -> np.ndarray:
+def _scan_and_select(bundle: Bundle, paths: list[Path], m: int, batch_size: int, bar, notes: list[str]):
+    """The scan, streamed into an :class:`ExtremeSelector`; then the cap on M and the final order.
+
+    Returns (positives [C, m], negatives [C, m] listing indices, readable count, unreadable files,
+    m, seconds spent selecting after the scan).
+    """
+    # M must be fixed before the scan; the readable count, known after it, can only lower it, and
+    # the top m of a channel is the prefix of its top M
+    scan_m = max(1, min(m, len(paths) // 2))
+    selectors: list[ExtremeSelector] = []
+
+    def consume(scores: np.ndarray, ids: np.ndarray) -> None:
+        if not selectors:
+            selectors.append(ExtremeSelector(scores.shape[1], scan_m, len(paths), TIE_BREAK_SEED))
+        selectors[0].add(scores, ids)
+
+    runner = create_runner("onnxruntime", bundle)
+    with bar(len(paths), "scan") as progress:
+        kept, failed = scan_probe(bundle, runner, paths, batch_size, consume, progress.update)
+    start = time.perf_counter()
+    if failed:
+        notes.append(f"probe: skipped {len(failed)} unreadable file(s): " + ", ".join(str(p) for p, _ in failed[:5]))
+    if kept < MIN_PROBE_IMAGES:
+        raise TextcamError(f"--probe: {kept} readable image(s); at least {MIN_PROBE_IMAGES} are needed")
+    if 2 * m > kept:
+        notes.append(f"M capped from {m} to {kept // 2}: the probe set has {kept} readable images (< 2M)")
+        m = kept // 2
+    positives, negatives = selectors[0].result(m)
+    return positives, negatives, kept, failed, m, time.perf_counter() - start
+
+
+def _embed_images(clip: ClipEncoder, paths: list[Path], cache_dir, batch_size: int, bar) -> tuple[np.ndarray, int]:
+    """Embeddings [len(paths), D] in order, and how many came from the cache."""
     cache = EmbeddingCache(cache_dir, clip.model_id)
     keys = [file_hash(p) for p in paths] if cache.folder else [None] * len(paths)
     result: list[np.ndarray | None] = [cache.get(k) if k else None for k in keys]
@@ -165,7 +246,7 @@ def _embed_images(clip: ClipEncoder, paths: list[Path], cache_dir, batch_size: i
                 if keys[i]:
                     cache.put(keys[i], vector)
             progress.update(len(chunk))
-    return np.stack(result).astype(np.float32)
+    return np.stack(result).astype(np.float32), len(paths) - len(missing)
 
 
 def write_semantics(bundle: Bundle, store: SemanticsStore, lda: str, m: int, fuse: bool = True,

@@ -37,6 +37,68 @@ def list_probe_images(probe: str | Path) -> list[Path]:
     raise TextcamError(f"--probe {probe}: no such directory or list file")
 
 
+def scan_probe(
+    bundle: Bundle,
+    runner: GraphRunner,
+    paths: list[Path],
+    batch_size: int,
+    consume: Callable[[np.ndarray, np.ndarray], None],
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, list[tuple[Path, str]]]:
+    """Run the deployed graph over ``paths`` in batches and hand each batch's channel scores a_j(x)
+    to ``consume(scores [b, C] float32, ids [b])``, ids being indices into ``paths``.
+
+    Nothing is kept here: what to keep is the consumer's choice (the builder keeps only each
+    channel's extremes). Returns the number of images scanned and the unreadable files with their
+    error; they are skipped, and more than 1% of the listing is refused as soon as it is reached.
+    Non-finite scores are refused, naming the image.
+    """
+    kept = 0
+    failed: list[tuple[Path, str]] = []
+    pending: list[np.ndarray] = []
+    pending_ids: list[int] = []
+    limit = MAX_FAILED_FRACTION * len(paths)
+
+    def flush():
+        batch = np.stack(pending)
+        scores = runner.run(batch, np.full(len(batch), -1, dtype=np.int64))["channel_activation"].astype(np.float32)
+        finite = np.isfinite(scores)
+        if not finite.all():
+            row, channel = np.argwhere(~finite)[0]
+            raise TextcamError(
+                f"--probe {paths[pending_ids[row]]}: the graph gives channel {channel} the activation "
+                f"{scores[row, channel]}; non-finite scores cannot be ranked (is the model exported correctly?)"
+            )
+        consume(scores, np.asarray(pending_ids, dtype=np.int64))
+        pending.clear()
+        pending_ids.clear()
+
+    for index, path in enumerate(paths):
+        try:
+            tensor, _ = preprocess(load_image(path), bundle.input)
+        except TextcamError as exc:
+            failed.append((path, str(exc)))
+            if len(failed) > limit:
+                examples = "; ".join(msg for _, msg in failed[:3])
+                raise TextcamError(
+                    f"--probe: {len(failed)} of {len(paths)} images could not be read (more than 1%), "
+                    f"e.g. {examples}"
+                ) from None
+        else:
+            pending.append(tensor)
+            pending_ids.append(index)
+            kept += 1
+            if len(pending) == batch_size:
+                flush()
+        if progress:
+            progress(1)
+    if pending:
+        flush()
+    if not kept:
+        raise TextcamError("--probe: no readable images")
+    return kept, failed
+
+
 def scan_activations(
     bundle: Bundle,
     runner: GraphRunner,
@@ -44,51 +106,29 @@ def scan_activations(
     batch_size: int,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
-    """Per-image channel activations a_j(x) [N, C] from the deployed graph, streamed in batches.
+    """The full [N, C] score matrix (N readable images), the readable paths and the unreadable ones.
 
-    Only the score matrix is kept, never the activation maps. Unreadable files are skipped and
-    returned with their error; more than 1% of them is refused.
+    The builder no longer holds this matrix (it streams through :func:`scan_probe`); this is the
+    reference for tests and analyses of small probe sets.
     """
     rows: list[np.ndarray] = []
-    kept: list[Path] = []
-    failed: list[tuple[Path, str]] = []
-    pending: list[np.ndarray] = []
+    ids: list[np.ndarray] = []
 
-    def flush():
-        batch = np.stack(pending)
-        outputs = runner.run(batch, np.full(len(batch), -1, dtype=np.int64))
-        rows.append(outputs["channel_activation"].astype(np.float32))
-        pending.clear()
+    def collect(scores: np.ndarray, batch_ids: np.ndarray) -> None:
+        rows.append(scores)
+        ids.append(batch_ids)
 
-    for path in paths:
-        try:
-            tensor, _ = preprocess(load_image(path), bundle.input)
-        except TextcamError as exc:
-            failed.append((path, str(exc)))
-        else:
-            pending.append(tensor)
-            kept.append(path)
-            if len(pending) == batch_size:
-                flush()
-        if progress:
-            progress(1)
-    if pending:
-        flush()
-    if len(failed) > MAX_FAILED_FRACTION * len(paths):
-        examples = "; ".join(msg for _, msg in failed[:3])
-        raise TextcamError(
-            f"--probe: {len(failed)} of {len(paths)} images could not be read (more than 1%), e.g. {examples}"
-        )
-    if not rows:
-        raise TextcamError("--probe: no readable images")
-    return np.concatenate(rows), kept, failed
+    _, failed = scan_probe(bundle, runner, paths, batch_size, collect, progress)
+    return np.concatenate(rows), [paths[i] for i in np.concatenate(ids)], failed
 
 
 def extreme_images(scores: np.ndarray, m: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per channel, the ``m`` highest- and ``m`` lowest-scoring images: [C, m] row indices each.
 
     Ties are broken by one seeded random order of the images (not by file order), so a channel
-    that is flat over many images does not always pick the first files.
+    that is flat over many images does not always pick the first files. This full-matrix form is
+    the reference for the streaming :class:`textcam.semantics_store.extremes.ExtremeSelector`,
+    which gives the same selections when no image fails to read.
     """
     order = np.random.default_rng(seed).permutation(scores.shape[0])
     ranked = order[np.argsort(scores[order], axis=0, kind="stable")]  # [N, C] ascending

@@ -29,12 +29,20 @@ from textcam.cli.safe_text import safe_text
               help="shrinkage: per-channel Ledoit-Wolf LDA; pooled: one global whitening (fast); meandiff, "
                    "topmean: baselines (no whitening; mean of the top images only).")
 @click.option("--cache", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Cache CLIP image embeddings here (keyed by model and file content).")
+              help="Cache CLIP image embeddings here (keyed by model and file content); an interrupted build's "
+                   "checkpoint goes here too, unless --resume-dir says otherwise.")
+@click.option("--resume-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Checkpoint folder: the scan, embed and lda results are saved as each completes, and a rerun "
+                   "with the same bundle, probe set, -m, --lda and CLIP continues after the last one (another "
+                   "build's checkpoint is refused). Default: inside --cache; none without it. Removed on success.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--no-fuse", is_flag=True, help="Do not write the graph with the ranking fused in.")
 def semantics_command(bundle, probe, clip_spec, clip_checkpoint, clip_model, vocab, templates, m, lda, cache,
-                      batch_size, no_fuse):
+                      resume_dir, batch_size, no_fuse):
     """Build semantics.safetensors for a bundle: CLIP + LDA per channel, and a vocabulary.
+
+    The scan keeps only each channel's -m top and -m bottom images, so its memory does not grow
+    with the probe set (O(channels x M)); CLIP embeds only those images.
 
     Vocabulary and template files must be regular UTF-8 files (at most 16 MiB, 100,000 phrases of
     300 characters). Phrases whose words the CLIP cannot read (a compact checkpoint holds only the
@@ -58,12 +66,17 @@ def semantics_command(bundle, probe, clip_spec, clip_checkpoint, clip_model, voc
     clip = load_clip(clip_spec, clip_checkpoint, clip_model)
     coverage = clip.check_coverage(vocabulary.phrases, prompt_templates, where=f"--vocab {','.join(vocab)}")
     report = build_semantics(bundle, probe, clip, vocab=vocab, templates=templates, m=m, lda=lda, cache=cache,
-                             batch_size=batch_size, fuse=not no_fuse,
+                             batch_size=batch_size, fuse=not no_fuse, resume_dir=resume_dir,
                              log=lambda message: click.echo(safe_text(message), err=True))
     for note in report.notes:
         click.echo(safe_text(f"note: {note}"), err=True)
     phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in report.seconds.items())
     click.echo(safe_text(f"wrote {report.store}: {report.channels} channels x {report.dim} dims, {report.phrases} "
                          f"phrases, M={report.m} over {report.probe_images} probe images"))
+    if report.resumed:
+        click.echo(safe_text(f"resumed from checkpoint {report.checkpoint}: {', '.join(report.resumed)} done before"),
+                   err=True)
+    click.echo(f"CLIP image embeddings: {report.embedded_images} distinct images of {report.probe_images} (at most "
+               f"2 x M x channels = {2 * report.m * report.channels}), {report.embedding_cache_hits} of them reused")
     click.echo(f"vocabulary coverage: {coverage.describe()}")
     click.echo(f"time per phase: {phases}; peak memory {report.peak_memory_mb:.0f} MB")
