@@ -4,8 +4,11 @@
 #   2. the virtual environment with textcam and its export/dev extras
 #   3. libtextcam (cpp/) and its GoogleTest suite, then again as a Debug build under ASan/UBSan
 #   4. the Python bindings (pip install ./native), so pytest holds the C++ core to the numpy path
-#   5. pytest (arguments are passed on: scripts/test.sh -k native)
-# TEXTCAM_VENV names the environment (default .venv); TEXTCAM_SKIP_NATIVE=1 skips steps 1, 3 and 4.
+#   5. a second environment for the Triton tests: the PyTriton wheel's tritonserver (Python backend only;
+#      it pins numpy<2) with textcam installed, as a server's Python would have it
+#   6. pytest (arguments are passed on: scripts/test.sh -k native)
+# TEXTCAM_VENV names the environment (default .venv; the Triton one is its name + -triton);
+# TEXTCAM_SKIP_NATIVE=1 skips steps 1, 3 and 4; TEXTCAM_SKIP_TRITON=1 skips step 5 (those tests skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${TEXTCAM_VENV:-.venv}
@@ -45,6 +48,15 @@ if [ "${TEXTCAM_SKIP_NATIVE:-0}" != "1" ]; then
     "$venv/bin/python" -m pip install --quiet ./native \
         --config-settings=cmake.define.TEXTCAM_ONNXRUNTIME_INCLUDE_DIR="$headers"
     export TEXTCAM_REQUIRE_NATIVE=1  # the native tests fail, not skip, if the core did not install
+fi
+
+if [ "${TEXTCAM_SKIP_TRITON:-0}" != "1" ]; then
+    triton_venv="$venv-triton"
+    python3 -m venv "$triton_venv"
+    "$triton_venv/bin/python" -m pip install --quiet nvidia-pytriton 'tritonclient[grpc]' 'numpy<2' -e .
+    TEXTCAM_TRITON_PYTHON="$(cd "$triton_venv/bin" && pwd)/python"
+    export TEXTCAM_TRITON_PYTHON
+    export TEXTCAM_REQUIRE_TRITON=1  # the server tests fail, not skip, if that environment is broken
 fi
 
 "$venv/bin/python" -m pytest "$@"

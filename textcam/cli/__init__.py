@@ -28,6 +28,7 @@ from textcam.cli.safe_text import safe_text
 from textcam.cli.selftest_cmd import selftest_command
 from textcam.cli.semantics_cmd import semantics_command
 from textcam.cli.serve_cmd import serve_command
+from textcam.cli.triton_cmd import triton_command
 from textcam.errors import TextcamError
 
 PARAM_FLAGS: dict[str, dict[str, str]] = {
@@ -37,6 +38,7 @@ PARAM_FLAGS: dict[str, dict[str, str]] = {
     "bench": {"batch_size": "--batch-sizes"},
     "semantics": {"lda": "--lda", "m": "-m", "vocab": "--vocab", "templates": "--templates", "probe": "--probe",
                   "batch_size": "--batch-size"},
+    "triton": {"graph_backend": "--graph-backend"},
     "build-engine": {"precision": "--precision", "min_batch": "--min-batch", "opt_batch": "--opt-batch",
                      "max_batch": "--max-batch", "concurrency": "--concurrency", "workspace_gb": "--workspace-gb",
                      "timing_cache": "--timing-cache"},
@@ -156,3 +158,4 @@ main.add_command(semantics_command)
 main.add_command(build_engine_command)
 main.add_command(selftest_command)
 main.add_command(serve_command)
+main.add_command(triton_command)

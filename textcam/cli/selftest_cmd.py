@@ -16,8 +16,11 @@ from textcam.cli.safe_text import json_text, safe_text
 @backend_option
 @precision_option
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--triton", "triton_url", default=None, metavar="HOST:PORT",
+              help="Check a Triton server serving the repository `textcam triton` wrote (its HTTP address) "
+                   "instead of a local backend.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object instead of the table.")
-def selftest_command(bundle, backend, precision, threads, as_json):
+def selftest_command(bundle, backend, precision, threads, triton_url, as_json):
     """Check that a backend reproduces the bundle's self-test: PASS or FAIL, exit status 0 or 1.
 
     Every bundle carries a few images and the outputs the reference host (ONNX Runtime on the
@@ -35,14 +38,20 @@ def selftest_command(bundle, backend, precision, threads, as_json):
       textcam selftest resnet50.textcam
       textcam selftest resnet50.textcam --backend onnxruntime-cuda
       textcam selftest resnet50.textcam --backend tensorrt --precision fp16 --json
+      textcam selftest resnet50.textcam --triton 127.0.0.1:8000
     """
     from textcam.runtime import Explainer
 
-    explainer = Explainer(resolve_bundle(bundle), **backend_settings(backend, precision, threads))
-    try:
-        report = explainer.selftest()
-    finally:
-        explainer.close()
+    if triton_url is not None:
+        from textcam.serving.triton_client import triton_selftest
+
+        report = triton_selftest(resolve_bundle(bundle), triton_url)
+    else:
+        explainer = Explainer(resolve_bundle(bundle), **backend_settings(backend, precision, threads))
+        try:
+            report = explainer.selftest()
+        finally:
+            explainer.close()
     if as_json:
         text, ok = json_text(report.to_dict())  # strict JSON; a non-finite number becomes an error record
         click.echo(text)
