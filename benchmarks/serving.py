@@ -1,11 +1,18 @@
-"""Ray Serve hosting vs an in-process ``Explainer``: requests/s and p50/p99 latency vs client concurrency.
+"""Ray Serve and Triton hosting vs an in-process ``Explainer``: requests/s and p50/p99 latency vs client concurrency.
 
 Contenders, on the same machine and the built-in default bundle, with the same PNG scenes:
 
 - ``in-process``: one ``Explainer`` shared by N client threads, each request = open the PNG
   bytes + ``explain`` (what a Python service embedding textcam does per request);
 - ``ray-1`` / ``ray-2``: ``textcam.serving.ray_app`` with 1 and 2 replicas, N client threads
-  each holding a keep-alive HTTP connection, ``POST /explain`` with the PNG bytes.
+  each holding a keep-alive HTTP connection, ``POST /explain`` with the PNG bytes;
+- ``triton-batched`` / ``triton-unbatched``: the repository ``textcam triton --graph-backend python``
+  writes, served by the PyTriton wheel's ``tritonserver`` (the only Triton reachable here: its graph
+  model is ONNX Runtime inside the Python backend, the stand-in for Triton's onnxruntime backend),
+  with and without the dynamic batcher (``--batch-wait-ms`` as its queue delay); each client opens
+  and preprocesses the PNG itself (the ensemble takes tensors) and calls the ensemble over HTTP.
+  Needs the Triton environment (``--triton-python``, default ``.venv-triton/bin/python``, which
+  scripts/test.sh makes); without it these rows are left out and the report says so.
 
 For each contender and concurrency (1, 2, 4, 8 by default) the clients run for ``--duration``
 seconds after a warm-up; requests/s, p50 and p99 of the per-request latency are reported, and,
@@ -48,6 +55,7 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 PORT = 8765
 REEXEC_GUARD = "TEXTCAM_SERVING_BENCH_NETNS"
+CONTENDERS = ("ray-1", "ray-2", "triton-batched", "triton-unbatched")
 
 
 def log(message: str) -> None:
@@ -163,6 +171,75 @@ class HttpClients:
             connection.close()
 
 
+class TritonClients:
+    """One tritonclient HTTP connection per thread (its gevent connection cannot change threads, so it is
+    made in the thread that uses it); each call preprocesses the PNG as a client must."""
+
+    def __init__(self, url: str, threads: int, spec):
+        import tritonclient.http as triton_http
+
+        self.http, self.spec, self.url = triton_http, spec, url
+        self.local = threading.local()
+        self.clients: list = []
+
+    def _client(self):
+        if not hasattr(self.local, "client"):
+            self.local.client = self.http.InferenceServerClient(self.url, network_timeout=60)
+            self.clients.append(self.local.client)
+        return self.local.client
+
+    def __call__(self, number: int, body: bytes) -> None:
+        from textcam.runtime.images import DEFAULT_MAX_PIXELS, preprocess
+        from textcam.serving.ray_http import open_image
+
+        tensor, _ = preprocess(open_image(body, DEFAULT_MAX_PIXELS), self.spec)
+        inputs = [self.http.InferInput("image", [1, *tensor.shape], "FP32"),
+                  self.http.InferInput("target_class", [1, 1], "INT64")]
+        inputs[0].set_data_from_numpy(tensor[None])
+        inputs[1].set_data_from_numpy(np.array([[-1]], dtype=np.int64))
+        result = self._client().infer("textcam", inputs)
+        result.as_numpy("concept_phrases")
+
+    def close(self) -> None:
+        self.clients.clear()  # each closes with its thread's hub; closing here would switch threads
+
+
+def measure_triton(args, bodies: list[bytes], rows: list[dict]) -> dict:
+    """The Triton rows (appended to ``rows``); returns what the report says about them."""
+    import tempfile
+
+    from textcam.cli.bundle_arg import resolve_bundle
+    from textcam.runtime.bundle import Bundle
+    from textcam.serving.triton_local import LocalTritonServer
+    from textcam.serving.triton_repo import RepositoryOptions, write_repository
+
+    python = args.triton_python
+    if not python.is_file():
+        log(f"no Triton environment at {python}: Triton rows left out")
+        return {"triton": f"not run: no Triton environment at {python}"}
+    bundle = Bundle.open(resolve_bundle(args.bundle))
+    startup = {}
+    for name, batched in (("triton-batched", True), ("triton-unbatched", False)):
+        with tempfile.TemporaryDirectory() as work:
+            options = RepositoryOptions(graph_backend="python", max_batch_size=args.max_batch_size,
+                                        dynamic_batching=batched, max_queue_delay_us=int(args.batch_wait_ms * 1000),
+                                        threads=args.threads)
+            repo = write_repository(bundle, Path(work) / "models", options).path
+            started = time.perf_counter()
+            server = LocalTritonServer(python, repo, Path(work))
+            startup[name] = round(time.perf_counter() - started, 2)
+            try:
+                for threads in args.concurrency:
+                    log(f"{name}, {threads} client(s)")
+                    clients = TritonClients(server.url, threads, bundle.input)
+                    rows.append({"contender": name, "pass": "", "concurrency": threads,
+                                 **drive(clients, bodies, threads, args.duration, args.warmup)})
+                    clients.close()
+            finally:
+                server.stop()
+    return {"triton": "run", "triton_startup_s": startup}
+
+
 def in_process_call(explainer) -> Callable[[int, bytes], None]:
     from textcam.serving.ray_http import explanation_payload, open_image
 
@@ -231,8 +308,9 @@ def measure(args) -> dict:
                          **drive(clients, bodies, threads, args.duration, args.warmup)})
             clients.close()
     ray.shutdown()
+    triton = measure_triton(args, bodies, rows)
     run_in_process("last")
-    return {"graph_ms": round(graph, 4), "native": explainer.native,
+    return {**triton, "graph_ms": round(graph, 4), "native": explainer.native,
             "input_size": [explainer.bundle.input.height, explainer.bundle.input.width], "rows": rows,
             "serve_startup_s": round(startup_s, 2), "load_during_ray": [round(v, 2) for v in load_before]}
 
@@ -247,7 +325,7 @@ def summarize(rows: list[dict], concurrency: list[int], graph: float) -> dict:
                   if len(inproc) == 2 else None)
         table.append({"contender": "in-process", "concurrency": threads, **base, "rps_drift": spread,
                       "failures": sum(r["failures"] for r in inproc)})
-        for name in ("ray-1", "ray-2"):
+        for name in CONTENDERS:
             for row in (r for r in rows if r["contender"] == name and r["concurrency"] == threads):
                 table.append({"contender": name, "concurrency": threads, "rps": row["rps"], "p50_ms": row["p50_ms"],
                               "p99_ms": row["p99_ms"], "failures": row["failures"],
@@ -258,7 +336,12 @@ def summarize(rows: list[dict], concurrency: list[int], graph: float) -> dict:
     inproc_p50 = next(r["p50_ms"] for r in table if r["contender"] == "in-process" and r["concurrency"] == first)
     ray_p50 = next((r["p50_ms"] for r in table if r["contender"] == "ray-1" and r["concurrency"] == first), None)
     overhead = None if ray_p50 is None else round(ray_p50 - inproc_p50, 3)
+    triton_p50 = next((r["p50_ms"] for r in table if r["contender"] == "triton-unbatched"
+                       and r["concurrency"] == first), None)
+    triton_overhead = None if triton_p50 is None else round(triton_p50 - inproc_p50, 3)
     return {"table": table, "overhead": {
+        "triton_unbatched_p50_ms": triton_p50, "triton_overhead_ms": triton_overhead,
+        "triton_overhead_over_graph": None if triton_overhead is None else round(triton_overhead / graph, 2),
         "concurrency": first, "in_process_p50_ms": inproc_p50, "ray_1_p50_ms": ray_p50, "overhead_ms": overhead,
         "overhead_over_graph": None if overhead is None else round(overhead / graph, 2),
         "in_process_over_graph": round(inproc_p50 / graph, 2)}}
@@ -268,7 +351,7 @@ def write_markdown(report: dict, path: Path) -> None:
     s = report["settings"]
     o = report["summary"]["overhead"]
     lines = [
-        "# Ray Serve hosting vs in-process",
+        "# Ray Serve and Triton hosting vs in-process",
         "",
         f"`python benchmarks/serving.py` (in a private network namespace): bundle {s['bundle']} "
         f"({report['input_size'][0]}x{report['input_size'][1]} input), {s['images']} PNG scenes of "
@@ -276,7 +359,10 @@ def write_markdown(report: dict, path: Path) -> None:
         f"{s['duration']} s per point after {s['warmup']} warm-up calls; backend threads {s['threads']} per "
         f"replica and in-process; max_batch_size {s['max_batch_size']}, batch_wait_ms {s['batch_wait_ms']}. "
         "`in-process`: one Explainer shared by the client threads (open bytes + explain + JSON per request; "
-        "mean of a pass before and after the Ray rows). `ray-N`: Serve with N replicas, keep-alive HTTP clients.",
+        "mean of a pass before and after the served rows). `ray-N`: Serve with N replicas, keep-alive HTTP clients. "
+        "`triton-*`: the PyTriton wheel's tritonserver with the `textcam triton --graph-backend python` repository "
+        "(graph in ONNX Runtime inside the Python backend: a stand-in, slower than Triton's onnxruntime backend), "
+        "with and without dynamic batching; clients preprocess and send tensors.",
         "",
         "| contender | clients | requests/s | p50 ms | p99 ms | rps vs in-process | p50 vs in-process | failures |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -294,6 +380,11 @@ def write_markdown(report: dict, path: Path) -> None:
         f"ray-1 {_ms(o['ray_1_p50_ms'])} ms; serving overhead {_ms(o['overhead_ms'])} ms = "
         f"{o['overhead_over_graph']}x the graph's time (HTTP, Serve's proxy, the hop to the replica, and up to "
         f"{s['batch_wait_ms']:g} ms of batch wait while a lone request waits for company).",
+        "",
+        (f"Triton (unbatched) at {o['concurrency']} client: {_ms(o['triton_unbatched_p50_ms'])} ms per request; "
+         f"serving overhead {_ms(o['triton_overhead_ms'])} ms = {o['triton_overhead_over_graph']}x the graph's time "
+         "(HTTP, the ensemble's two model hops, the Python backend's shared-memory transfers)."
+         if o.get("triton_unbatched_p50_ms") is not None else f"Triton: {report.get('triton')}."),
         "",
         f"Machine: {report['machine']}; Python {report['python']}, ray {report['versions'].get('ray')}, "
         f"onnxruntime {report['versions'].get('onnxruntime')}; load average before {report['load_before']}, "
@@ -324,6 +415,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16, help="distinct scenes (default: %(default)s)")
     parser.add_argument("--image-size", type=int, default=64, help="scene side in pixels (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for serving.json and serving.md")
+    parser.add_argument("--triton-python", type=Path, default=Path(".venv-triton/bin/python"),
+                        help="interpreter of the environment with nvidia-pytriton and textcam (default: %(default)s)")
     args = parser.parse_args()
     if not private_network():
         reexec_in_namespace()

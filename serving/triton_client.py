@@ -27,6 +27,7 @@ class TritonClient:
 
     :meth:`infer` splits a batch into the ensemble's ``max_batch_size`` and returns every output
     by name, ``class_index`` as int64 [B]. Errors are one-line TextcamErrors naming the server.
+    One client per thread: tritonclient's HTTP connection (gevent) cannot be used from another thread.
     """
 
     def __init__(self, url: str, model: str = ENSEMBLE, timeout_s: float = DEFAULT_TIMEOUT_S):
