@@ -66,6 +66,11 @@ JITTER = 2.0**-24
 # image's largest activation: 16 units in the last place of it.
 DEAD = 2.0**-20
 
+ILL_CONDITIONED = 1e-2
+"""Eager float32 logits this far (relative) from float64 mean the network itself cannot be computed
+in float32 to better than a percent on these inputs (seen: random-init EfficientNet-B6, 0.79): the
+export is fine, but every float32 runtime's answers, eager PyTorch's included, are approximate."""
+
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -278,7 +283,13 @@ def verify_onnx(
         "rule": f"graph error vs float64 <= {FACTOR:g} x eager float32 error vs float64 + floor",
         "near_ties": near_ties,
         "dead_channels": int(sum((~alive).sum() for alive in live)),
+        "warnings": [],
     }
+    if eager_err["logits_max_rel_err"] > ILL_CONDITIONED and in_float64:
+        report["warnings"].append(
+            f"eager float32 logits are {eager_err['logits_max_rel_err']:.2g} (relative) from float64 on the check's "
+            "inputs: the network is ill-conditioned in float32 (typical of random or uncalibrated weights), so "
+            "float32 answers from any runtime, eager PyTorch included, are approximate here")
     report["passed"] = not failed
     if failed:
         raise TextcamError(

@@ -163,3 +163,34 @@ def test_xgradcam_on_a_near_zero_channel_passes_as_float32_allows(tmp_path):
     assert report["dead_channels"] >= 4  # channel 0 of every verification image
     assert report["channel_weights_max_rel_err"] <= 1e-5  # the live channels agree closely
     assert report["cam_max_abs_err"] <= 1e-4  # and so does the map, which the dead weight cannot touch
+
+
+class _Rounded(torch.nn.Module):
+    """Logits passed through ``(x + offset) - offset``: exact in float64, rounded to float32's spacing
+    at ``offset`` (0.0625 at 1e6) in float32, the same way in every batch and runtime. A stand-in for
+    networks whose float32 arithmetic loses the logits' digits (random-init EfficientNet-B6)."""
+
+    def __init__(self, offset: float):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(8, 4)
+        self.offset = offset
+
+    def forward(self, x):
+        return (self.fc(self.features(x).mean(dim=(2, 3))) + self.offset) - self.offset
+
+
+@pytest.mark.parametrize("offset, warned", [(0.0, False), (1e6, True)])
+def test_an_ill_conditioned_network_is_exported_with_a_warning(tmp_path, offset, warned):
+    size = (16, 16)
+    torch.manual_seed(0)
+    joint = prepare_joint(_Rounded(offset).eval(), "features", get_method("gradcam"), size).joint
+    example = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([-1, 0])
+    path = tmp_path / "rounded.onnx"
+    export_onnx(trace_joint(joint, example, target), example, target, path, joint=joint)
+    report = verify_onnx(path, joint, size)
+    assert report["passed"]
+    assert bool(report["warnings"]) == warned, report["eager_float32"]
+    if warned:
+        assert "ill-conditioned in float32" in report["warnings"][0]

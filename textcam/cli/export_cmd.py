@@ -129,6 +129,8 @@ def export_command(model_spec, layer, method, input_size, weights, num_classes, 
     ))
     for problem in trt.get("problems", []):
         click.echo(safe_text(f"  TensorRT: {problem}"), err=True)
+    for warning in check.get("warnings", []):
+        click.echo(safe_text(f"  warning: {warning}"), err=True)
 
 
 def _eager_note(check: dict) -> str:
