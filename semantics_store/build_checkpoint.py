@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +89,15 @@ class BuildCheckpoint:
         if path.exists():
             checkpoint._check(checkpoint._read_header(path), path)
         else:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_file_atomic(path, (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())
+            checkpoint._write(HEADER_FILE, (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())
         return checkpoint
+
+    def _write(self, name: str, data: bytes) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_file_atomic(self.folder / name, data)
+        except OSError as exc:
+            raise TextcamError(f"--resume-dir {self.folder}: cannot write {name} ({exc.strerror or exc})") from None
 
     def _read_header(self, path: Path) -> Any:
         try:
@@ -116,7 +123,7 @@ class BuildCheckpoint:
         entries = {name: (np.asarray(json.dumps(value)) if not isinstance(value, np.ndarray) else value)
                    for name, value in arrays.items()}
         np.savez(buffer, header=np.asarray(self._header_text), **entries)
-        write_file_atomic(self.folder / f"{phase}.npz", buffer.getvalue())
+        self._write(f"{phase}.npz", buffer.getvalue())
 
     def load(self, phase: str) -> dict[str, Any] | None:
         """A completed phase's results, or None if it has not completed. Values saved as JSON come back decoded."""
@@ -126,9 +133,10 @@ class BuildCheckpoint:
         try:
             with np.load(path, allow_pickle=False) as data:
                 contents = {name: data[name] for name in data.files}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise TextcamError(f"checkpoint {path}: unreadable ({exc}); delete the folder to start over") from None
-        self._check(json.loads(str(contents.pop("header"))), path)
+        header = contents.pop("header", None)
+        self._check(json.loads(str(header)) if header is not None else None, path)
         return {name: (json.loads(str(value)) if value.dtype.kind == "U" else value)
                 for name, value in contents.items()}
 

@@ -213,3 +213,21 @@ def test_cli_reports_embeddings_and_refuses_a_foreign_checkpoint(copies, probe, 
     done = CliRunner().invoke(main, args)
     assert done.exit_code == 0, done.output
     assert "CLIP image embeddings: " in done.output and "distinct images of 36" in done.output
+
+
+def test_a_resume_dir_that_cannot_hold_a_checkpoint(tmp_path):
+    from textcam.semantics_store.build_checkpoint import BuildCheckpoint
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    header = {"format": 1}
+    with pytest.raises(TextcamError, match=f"--resume-dir {afile}: not a folder"):
+        BuildCheckpoint.open(afile, header)
+    with pytest.raises(TextcamError, match=f"--resume-dir {afile / 'sub'}: cannot write header.json"):
+        BuildCheckpoint.open(afile / "sub", header)
+    damaged = tmp_path / "damaged"
+    BuildCheckpoint.open(damaged, header).save("scan", kept=3)
+    (damaged / "scan.npz").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(TextcamError, match=r"scan\.npz: unreadable .*delete the folder to start over"):
+        BuildCheckpoint.open(damaged, header).load("scan")
+    assert BuildCheckpoint.open(tmp_path / "fine", header).load("scan") is None
