@@ -113,11 +113,12 @@ def build_semantics(
     if vocabulary.dropped_duplicates:
         notes.append(f"vocabulary: {vocabulary.dropped_duplicates} duplicate phrase(s) removed")
 
-    header = build_header(bundle.model_sha256, paths, m, lda, clip.model_id, TIE_BREAK_SEED)
-    if resume_dir is None and cache is not None:
-        # keyed by the inputs, so builds of other bundles or probe sets sharing a cache never meet
-        resume_dir = Path(cache) / "checkpoints" / header_digest(header)[:16]
-    saved = BuildCheckpoint.open(resume_dir, header) if resume_dir is not None else None
+    saved = None
+    if resume_dir is not None or cache is not None:
+        header = build_header(bundle.model_sha256, paths, m, lda, clip.model_id, TIE_BREAK_SEED)
+        # by default keyed by the inputs, so builds of other bundles or probe sets sharing a cache never meet
+        folder = resume_dir if resume_dir is not None else Path(cache) / "checkpoints" / header_digest(header)[:16]
+        saved = BuildCheckpoint.open(folder, header)
     # a phase is taken from the checkpoint only if every phase before it was: each one's results
     # were computed from the previous ones', so a later file never outlives a recomputed input
     resumed: list[str] = []
