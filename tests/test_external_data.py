@@ -144,3 +144,26 @@ def test_semantics_fused_into_an_external_data_graph_share_its_weights(bundles, 
         want, got = one.explain(image), other.explain(image)
     assert [c.phrase for c in got.concepts] == [c.phrase for c in want.concepts] and got.concepts
     np.testing.assert_allclose(got.heatmap, want.heatmap, atol=1e-6)
+
+
+def test_triton_repository_keeps_the_weights_beside_the_graph(bundles, tmp_path):
+    """The graph model's folder gets model.onnx.data under its recorded name (the graph refers to it by
+    that relative path), and the Python-backend graph model runs it to the single-file bundle's answers."""
+    from textcam.serving import triton_python
+    from textcam.serving.triton_repo import RepositoryOptions, write_repository
+
+    single, external = bundles
+    repo = write_repository(external, tmp_path / "repo", RepositoryOptions(graph_backend="python")).path
+    version = repo / "textcam_graph" / "1"
+    assert (version / WEIGHTS_FILE).read_bytes() == (external / WEIGHTS_FILE).read_bytes()
+    model = triton_python.GraphStandIn()  # its numpy side: setup and compute need no Triton
+    model.output_names = ["logits", "class_index", "cam"]
+    model.setup(version, {"graph_file": "model.onnx", "intra_op_threads": "1"})
+    image = np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    got = model.compute({"image": image, "target_class": np.array([[-1], [2]])})
+    with Explainer(single) as explainer:
+        expected = explainer.explain_batch(image, [-1, 2])
+    for row, explanation in enumerate(expected):
+        np.testing.assert_allclose(got["logits"][row], explanation.logits, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["cam"][row], explanation.heatmap, atol=1e-5)
+        assert got["class_index"][row, 0] == explanation.class_index
