@@ -8,6 +8,7 @@ input came from in the original image so the heatmap can be mapped back.
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +75,11 @@ def check_size(width: int, height: int, max_pixels: int, what: str) -> None:
         )
 
 
-def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> Image.Image:
     """Decode ``path`` to an upright RGB PIL image, or raise a one-line TextcamError naming the file.
+
+    With ``data``, those bytes are decoded instead of the file and ``path`` only names them in
+    messages (a member of a probe shard, read without unpacking it to disk).
 
     The EXIF orientation is applied, so a portrait photo comes out portrait (and its heatmap too).
     """
@@ -85,14 +89,14 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     if "\x00" in str(path):
         raise TextcamError(f"image path {str(path)!r}: contains a NUL character")
     try:
-        if path.stat().st_size == 0:
+        if (len(data) if data is not None else path.stat().st_size) == 0:
             raise TextcamError(f"{path}: empty file")
         # Pillow warns above MAX_IMAGE_PIXELS (textcam's own max_pixels decides instead) and about
         # corrupt metadata or palette transparency, which the conversion below handles: none of it
         # is the caller's to act on
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(data) if data is not None else path) as image:
                 check_size(image.width, image.height, max_pixels, str(path))
                 image.load()
                 orientation = exif_orientation(image)

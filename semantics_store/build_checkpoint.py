@@ -9,7 +9,8 @@ again, so a phase file from another build is never read as this one's.
 The header binds the checkpoint to its inputs: the bundle's ``model.onnx`` sha256, the probe list's
 fingerprint (every listed path with its size and modification time in nanoseconds: a stat per file,
 not a read, so a million-image probe set costs seconds; a file rewritten with the same size and
-mtime is not noticed), M, the LDA mode, the CLIP model id and the tie-break seed. A checkpoint whose
+mtime is not noticed; for Parquet or tar shards, each shard's path, size, mtime and image count), M,
+the LDA mode, the CLIP model id and the tie-break seed. A checkpoint whose
 header differs is refused, naming the fields, never mixed in.
 """
 
@@ -47,9 +48,15 @@ def probe_fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def build_header(model_sha256: str, paths: list[Path], m: int, lda: str, clip_model: str, seed: int) -> dict:
+def build_header(model_sha256: str, probe: list[Path] | Any, m: int, lda: str, clip_model: str, seed: int) -> dict:
+    """``probe``: the listed files, or a :class:`~textcam.semantics_store.probe_source.ProbeSet` (whose
+    shards are fingerprinted each by path, size, mtime and image count instead)."""
+    if isinstance(probe, list):
+        images, fingerprint = len(probe), probe_fingerprint(probe)
+    else:
+        images, fingerprint = probe.count, probe.fingerprint()
     return {"format": FORMAT, "model_sha256": model_sha256,
-            "probe": {"images": len(paths), "sha256": probe_fingerprint(paths)},
+            "probe": {"images": images, "sha256": fingerprint},
             "m": int(m), "lda": lda, "clip_model": clip_model, "tie_break_seed": int(seed)}
 
 

@@ -143,9 +143,11 @@ class ClipEncoder:
     def embed_images(self, images: Sequence) -> np.ndarray:
         import torch
 
-        batch = torch.stack([self.preprocess(image) for image in images])
+        # on the model's device: a Ray embedding actor with a GPU moves the model there
+        device = next(self.model.parameters()).device
+        batch = torch.stack([self.preprocess(image) for image in images]).to(device)
         with torch.no_grad():
-            features = self.model.encode_image(batch).float()
+            features = self.model.encode_image(batch).float().cpu()
         return _normalize(features.numpy())
 
     def embed_phrases(self, phrases: Sequence[str], templates: Sequence[str], batch_size: int = 256) -> np.ndarray:

@@ -92,6 +92,33 @@ class ExtremeSelector:
         self._bottom = _keep(np.concatenate([self._bottom, keys], axis=1), self.m, largest=False)
         self.seen += len(ids)
 
+    def empty_like(self) -> ExtremeSelector:
+        """A new, empty selector over the same listing and tie ranks (the permutation is shared, not redrawn:
+        a Ray actor makes one per unit of a 10-million-image listing)."""
+        fresh = object.__new__(ExtremeSelector)
+        fresh.channels, fresh.m, fresh.seed = self.channels, self.m, self.seed
+        fresh._order, fresh._ranks = self._order, self._ranks
+        fresh._top = np.empty((self.channels, 0), dtype=np.uint64)
+        fresh._bottom = np.empty((self.channels, 0), dtype=np.uint64)
+        fresh.seen = 0
+        return fresh
+
+    def keys(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """The kept state, (top keys [C, k], bottom keys [C, k], images seen), for :meth:`merge` elsewhere."""
+        return self._top, self._bottom, self.seen
+
+    def merge(self, top: np.ndarray, bottom: np.ndarray, seen: int) -> None:
+        """Fold in another selector's :meth:`keys` over other images of the same listing and seed.
+
+        The keys carry each image's tie rank, so the union's extremes are exactly those one selector
+        fed every batch would keep: the order in which parts arrive does not matter."""
+        top, bottom = np.asarray(top, dtype=np.uint64), np.asarray(bottom, dtype=np.uint64)
+        if top.shape[0] != self.channels or bottom.shape[0] != self.channels:
+            raise ValueError(f"keys for {top.shape[0]} channels merged into a selector of {self.channels}")
+        self._top = _keep(np.concatenate([self._top, top], axis=1), self.m, largest=True)
+        self._bottom = _keep(np.concatenate([self._bottom, bottom], axis=1), self.m, largest=False)
+        self.seen += int(seen)
+
     def result(self, m: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(positives, negatives): [C, m] listing indices, positives by descending key, negatives by
         ascending key. ``m`` may be smaller than the selector's (the prefix of the top M is the top m)."""

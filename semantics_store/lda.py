@@ -115,14 +115,18 @@ def channel_directions(
     mode: str = "shrinkage",
     chunk: int = 128,
     progress: Callable[[int], None] | None = None,
+    covariance: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Directions for all channels: ``embeddings`` [U, D]; ``positive_ids``/``negative_ids`` [C, M] rows of it."""
+    """Directions for all channels: ``embeddings`` [U, D]; ``positive_ids``/``negative_ids`` [C, M] rows of it.
+
+    ``covariance`` (pooled mode): the pooled covariance of every channel's images, given when this call
+    handles only some channels (a Ray task's chunk), so that each chunk whitens with the same matrix."""
     if mode not in LDA_MODES:
         raise TextcamError(f"lda={mode!r}: choose one of {', '.join(LDA_MODES)}")
     embeddings = np.asarray(embeddings, dtype=np.float64)
     channels = positive_ids.shape[0]
     result = np.empty((channels, embeddings.shape[1]), dtype=np.float64)
-    if mode == "pooled":
+    if mode == "pooled" and covariance is None:
         used = np.unique(np.concatenate([positive_ids.ravel(), negative_ids.ravel()]))
         covariance = pooled_covariance(embeddings[used])
     for start in range(0, channels, chunk):

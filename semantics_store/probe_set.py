@@ -11,6 +11,7 @@ from textcam.errors import TextcamError
 from textcam.runtime.backends import GraphRunner
 from textcam.runtime.bundle import Bundle
 from textcam.runtime.images import IMAGE_SUFFIXES, load_image, preprocess
+from textcam.semantics_store.probe_source import ProbeSet
 from textcam.semantics_store.vocabulary import read_text_file
 
 MAX_FAILED_FRACTION = 0.01
@@ -40,24 +41,30 @@ def list_probe_images(probe: str | Path) -> list[Path]:
 def scan_probe(
     bundle: Bundle,
     runner: GraphRunner,
-    paths: list[Path],
+    paths: list[Path] | ProbeSet,
     batch_size: int,
     consume: Callable[[np.ndarray, np.ndarray], None],
     progress: Callable[[int], None] | None = None,
+    part: bool = False,
 ) -> tuple[int, list[tuple[Path, str]]]:
     """Run the deployed graph over ``paths`` in batches and hand each batch's channel scores a_j(x)
-    to ``consume(scores [b, C] float32, ids [b])``, ids being indices into ``paths``.
+    to ``consume(scores [b, C] float32, ids [b])``, ids being indices into ``paths`` (a list of
+    files, or any :class:`~textcam.semantics_store.probe_source.ProbeSet`: its listing indices).
 
     Nothing is kept here: what to keep is the consumer's choice (the builder keeps only each
     channel's extremes). Returns the number of images scanned and the unreadable files with their
     error; they are skipped, and more than 1% of the listing is refused as soon as it is reached.
-    Non-finite scores are refused, naming the image.
+    Non-finite scores are refused, naming the image. ``part``: ``paths`` is one part of a larger
+    listing (a Ray task's unit), so the 1% rule and the refusal of a scan with no readable image are
+    the caller's, over the whole listing.
     """
+    probe = paths if isinstance(paths, ProbeSet) else ProbeSet.from_paths(list(paths))
     kept = 0
     failed: list[tuple[Path, str]] = []
     pending: list[np.ndarray] = []
     pending_ids: list[int] = []
-    limit = MAX_FAILED_FRACTION * len(paths)
+    pending_labels: list[str] = []
+    limit = float("inf") if part else MAX_FAILED_FRACTION * probe.count
 
     def flush():
         batch = np.stack(pending)
@@ -66,27 +73,31 @@ def scan_probe(
         if not finite.all():
             row, channel = np.argwhere(~finite)[0]
             raise TextcamError(
-                f"--probe {paths[pending_ids[row]]}: the graph gives channel {channel} the activation "
+                f"--probe {pending_labels[row]}: the graph gives channel {channel} the activation "
                 f"{scores[row, channel]}; non-finite scores cannot be ranked (is the model exported correctly?)"
             )
         consume(scores, np.asarray(pending_ids, dtype=np.int64))
         pending.clear()
         pending_ids.clear()
+        pending_labels.clear()
 
-    for index, path in enumerate(paths):
+    for index, label, data, error in probe.iter_images():
         try:
-            tensor, _ = preprocess(load_image(path), bundle.input)
+            if error:
+                raise TextcamError(error)
+            tensor, _ = preprocess(load_image(label, data=data), bundle.input)
         except TextcamError as exc:
-            failed.append((path, str(exc)))
+            failed.append((Path(label), str(exc)))
             if len(failed) > limit:
                 examples = "; ".join(msg for _, msg in failed[:3])
                 raise TextcamError(
-                    f"--probe: {len(failed)} of {len(paths)} images could not be read (more than 1%), "
+                    f"--probe: {len(failed)} of {probe.count} images could not be read (more than 1%), "
                     f"e.g. {examples}"
                 ) from None
         else:
             pending.append(tensor)
             pending_ids.append(index)
+            pending_labels.append(label)
             kept += 1
             if len(pending) == batch_size:
                 flush()
@@ -94,7 +105,7 @@ def scan_probe(
             progress(1)
     if pending:
         flush()
-    if not kept:
+    if not kept and not part:
         raise TextcamError("--probe: no readable images")
     return kept, failed
 

@@ -10,8 +10,13 @@ from textcam.cli.safe_text import safe_text
 
 @click.command("semantics", epilog=BUNDLE_HELP + " semantics writes into the bundle, so default is refused.")
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--probe", required=True, metavar="DIR_OR_LIST",
-              help="Probe images: a directory (searched recursively) or a file listing image paths.")
+@click.option("--probe", required=True, metavar="SOURCE",
+              help="Probe images: a directory (searched recursively), a file listing image paths, "
+                   "parquet:PATH_OR_GLOB (Parquet shards, image bytes in --probe-column) or tar:PATH_OR_GLOB "
+                   "(WebDataset-style uncompressed tar shards; members ending .jpg/.png/...). Shards are read in "
+                   "place, never unpacked; their images are ordered by shard path, then row or member.")
+@click.option("--probe-column", default="image", show_default=True, metavar="NAME",
+              help="parquet: the column of encoded image bytes (binary, or a struct with a 'bytes' field).")
 @click.option("--clip", "clip_spec", default=None, metavar="MODEL[:PRETRAINED]",
               help="open_clip model, e.g. ViT-B-32:openai (downloads), or textcam-tiny-clip.")
 @click.option("--clip-checkpoint", type=click.Path(dir_okay=False), default=None, metavar="PATH",
@@ -37,12 +42,25 @@ from textcam.cli.safe_text import safe_text
                    "build's checkpoint is refused). Default: inside --cache; none without it. Removed on success.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--no-fuse", is_flag=True, help="Do not write the graph with the ranking fused in.")
-def semantics_command(bundle, probe, clip_spec, clip_checkpoint, clip_model, vocab, templates, m, lda, cache,
-                      resume_dir, batch_size, no_fuse):
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process (no Ray needed). ray: the scan, CLIP embedding and LDA on a Ray cluster "
+                   "(actor pools; CLIP on GPUs when it has them); the same result. Needs pip install 'textcam[ray]'.")
+@click.option("--address", default=None, metavar="HOST:PORT|ray://HOST:PORT|auto",
+              help="--engine ray: the cluster to join (unreachable: one line after at most 30 s). Default: start a "
+                   "local Ray instance for this build. Bundle, probe and --cache must be at the same paths on "
+                   "every node.")
+@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              metavar="SECONDS", help="--engine ray --address: give up joining the cluster after this long.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="--engine ray: actors per pool (scan; CLIP: at most one per GPU when there are GPUs).")
+def semantics_command(bundle, probe, probe_column, clip_spec, clip_checkpoint, clip_model, vocab, templates, m, lda,
+                      cache, resume_dir, batch_size, no_fuse, engine, address, connect_timeout,
+                      workers):
     """Build semantics.safetensors for a bundle: CLIP + LDA per channel, and a vocabulary.
 
     The scan keeps only each channel's -m top and -m bottom images, so its memory does not grow
-    with the probe set (O(channels x M)); CLIP embeds only those images.
+    with the probe set (O(channels x M)); CLIP embeds only those images. --engine ray runs the
+    same phases on a Ray cluster (or a local Ray instance) and gives the same result.
 
     Vocabulary and template files must be regular UTF-8 files (at most 16 MiB, 100,000 phrases of
     300 characters). Phrases whose words the CLIP cannot read (a compact checkpoint holds only the
@@ -54,6 +72,8 @@ def semantics_command(bundle, probe, clip_spec, clip_checkpoint, clip_model, voc
       textcam semantics resnet50.textcam --probe imagenet_val/ --clip ViT-B-32:openai --cache ~/.cache/textcam
       textcam semantics color.textcam --probe probe/ --vocab builtin:shapes-world \\
           --clip-checkpoint tiny_clip.safetensors --clip-model textcam-tiny-clip
+      textcam semantics resnet50.textcam --probe 'parquet:/data/probe/*.parquet' --clip ViT-B-32:openai \\
+          --engine ray --address 10.0.0.5:6379 --workers 16
     """
     from textcam.runtime.bundle import Bundle
     from textcam.semantics_store import build_semantics, load_clip
@@ -67,6 +87,8 @@ def semantics_command(bundle, probe, clip_spec, clip_checkpoint, clip_model, voc
     coverage = clip.check_coverage(vocabulary.phrases, prompt_templates, where=f"--vocab {','.join(vocab)}")
     report = build_semantics(bundle, probe, clip, vocab=vocab, templates=templates, m=m, lda=lda, cache=cache,
                              batch_size=batch_size, fuse=not no_fuse, resume_dir=resume_dir,
+                             engine=engine, address=address, workers=workers, probe_column=probe_column,
+                             connect_timeout_s=connect_timeout,
                              log=lambda message: click.echo(safe_text(message), err=True))
     for note in report.notes:
         click.echo(safe_text(f"note: {note}"), err=True)

@@ -1,0 +1,338 @@
+"""The Ray engine of ``textcam semantics --engine ray``: the scan, embed and lda phases on a Ray cluster.
+
+- scan: a Ray Data pipeline over the probe's units (:mod:`textcam.semantics_store.probe_source`),
+  ``map_batches`` with an actor pool, each actor holding one ONNX Runtime session. An actor scans one
+  unit into its own :class:`ExtremeSelector` and returns only that unit's top/bottom-M keys; the
+  driver merges them. The keys carry each image's tie rank (its listing index's place in the seeded
+  permutation), so the merge is the local engine's selection exactly, whatever the order units finish in.
+- embed: the units holding a selected image, through a pool of CLIP actors (one GPU each when the
+  cluster has GPUs), each reading only its selected images and consulting the embedding cache.
+- lda: the channels in chunks of 128, one Ray task each.
+
+The text and write phases stay on the driver, as does the checkpoint (the builder's). Ray is imported
+here only, and only when this engine is chosen: the local engine needs no Ray.
+
+Failures: Ray Data restarts a dead actor and retries its unit (``max_restarts=-1``,
+``max_task_retries=-1`` are its defaults for actor pools); lda tasks are retried by Ray (3 times). A
+unit's result is a pure function of the unit, so a retried unit gives the same keys.
+
+On a cluster, the bundle, the probe files or shards and ``--cache`` must be readable at the same
+paths on every node (shared storage), and textcam installed there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from textcam.errors import TextcamError, first_line
+from textcam.semantics_store.extremes import ExtremeSelector
+from textcam.semantics_store.probe_set import MAX_FAILED_FRACTION
+from textcam.semantics_store.probe_source import ProbeSet, Unit
+
+CONNECT_TIMEOUT_S = 30.0
+LDA_CHUNK = 128
+"""Channels per lda task: a multiple of channel_directions' own chunk, so each channel is computed in
+the same vectorised call shape as locally."""
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _array(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+class ScanActor:
+    """One ONNX Runtime session; per call, a batch of units scanned into per-unit selectors."""
+
+    def __init__(self, bundle_path: str, scan_m: int, images: int, seed: int, column: str, batch_size: int):
+        from textcam.runtime.backends import create_runner
+        from textcam.runtime.bundle import Bundle
+
+        self.bundle = Bundle.open(bundle_path)
+        self.runner = create_runner("onnxruntime", self.bundle)
+        self.scan_m, self.images, self.seed = scan_m, images, seed
+        self.column, self.batch_size = column, batch_size
+        self.template: ExtremeSelector | None = None  # the permutation, drawn once per actor
+
+    def __call__(self, batch: dict) -> dict:
+        out: dict[str, list] = {"top": [], "bottom": [], "seen": [], "first": [], "count": [], "failed": [],
+                                "error": []}
+        for text in batch["unit"]:
+            unit = Unit.from_json(str(text))
+            top = bottom = np.empty((0, 0), np.uint64)
+            seen, failed, error = 0, [], ""
+            try:
+                selector, seen, failed = self.scan(unit)
+                if selector is not None:
+                    top, bottom, _ = selector.keys()
+            except TextcamError as exc:  # a non-finite score: the driver refuses the build with this line
+                error = str(exc)
+            out["top"].append(_npy(top))
+            out["bottom"].append(_npy(bottom))
+            out["seen"].append(seen)
+            out["first"].append(unit.first)
+            out["count"].append(unit.count)
+            out["failed"].append(json.dumps([[str(p), m] for p, m in failed]))
+            out["error"].append(error)
+        return {name: np.asarray(values, dtype=object if name in ("top", "bottom", "failed", "error") else np.int64)
+                for name, values in out.items()}
+
+    def scan(self, unit: Unit):
+        from textcam.semantics_store.probe_set import scan_probe
+
+        selector: list[ExtremeSelector] = []
+
+        def consume(scores: np.ndarray, ids: np.ndarray) -> None:
+            if self.template is None:
+                self.template = ExtremeSelector(scores.shape[1], self.scan_m, self.images, self.seed)
+            if not selector:
+                selector.append(self.template.empty_like())
+            selector[0].add(scores, ids)
+
+        part = ProbeSet(unit.kind, "", [unit], unit.count, self.column)
+        kept, failed = scan_probe(self.bundle, self.runner, part, self.batch_size, consume, part=True)
+        return (selector[0] if selector else None), kept, failed
+
+
+class EmbedActor:
+    """A CLIP image tower (on a GPU when the actor has one); per call, the selected images of some units."""
+
+    def __init__(self, clip, cache_dir: str | None, column: str, batch_size: int, threads: int):
+        import torch
+
+        if torch.cuda.is_available():
+            clip.model.to("cuda")
+        else:
+            torch.set_num_threads(threads)  # the actors share the node's cores
+        self.clip, self.column, self.batch_size = clip, column, batch_size
+        from textcam.semantics_store.embedding_cache import EmbeddingCache
+
+        self.cache = EmbeddingCache(cache_dir, clip.model_id)
+
+    def __call__(self, batch: dict) -> dict:
+        import hashlib
+
+        from textcam.runtime.images import load_image
+        from textcam.semantics_store.builder import read_selected
+        from textcam.semantics_store.probe_source import read_unit
+
+        out: dict[str, list] = {"ids": [], "embeddings": [], "hits": []}
+        for text, wanted in zip(batch["unit"], batch["ids"], strict=True):
+            unit, wanted = Unit.from_json(str(text)), json.loads(str(wanted))
+            ids, vectors, pending, hits = [], [], [], 0
+            for index, label, data, error in read_unit(unit, self.column, set(wanted)):
+                data = read_selected(label, data, error)
+                key = hashlib.sha256(data).hexdigest()
+                ids.append(index)
+                vectors.append(self.cache.get(key) if self.cache.folder else None)
+                if vectors[-1] is not None:
+                    hits += 1
+                else:
+                    pending.append((len(vectors) - 1, load_image(label, data=data), key))
+            for start in range(0, len(pending), self.batch_size):
+                chunk = pending[start : start + self.batch_size]
+                for (row, _, key), vector in zip(chunk, self.clip.embed_images([im for _, im, _ in chunk]),
+                                                 strict=True):
+                    vectors[row] = vector
+                    self.cache.put(key, vector)
+            out["ids"].append(_npy(np.asarray(ids, np.int64)))
+            out["embeddings"].append(_npy(np.stack(vectors).astype(np.float32)))
+            out["hits"].append(hits)
+        return {"ids": np.asarray(out["ids"], dtype=object), "embeddings": np.asarray(out["embeddings"], dtype=object),
+                "hits": np.asarray(out["hits"], dtype=np.int64)}
+
+
+def _lda_chunk(embeddings, positives, negatives, mode, covariance):
+    from textcam.semantics_store.lda import channel_directions
+
+    return channel_directions(embeddings, positives, negatives, mode, covariance=covariance)
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """A TCP connection to ``host:port`` (of ``ray://host:port`` too) within ``timeout_s``, or one line."""
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise TextcamError(f"--address {address}: expected HOST:PORT (the head node's GCS, e.g. 10.0.0.5:6379), "
+                           "ray://HOST:PORT or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise TextcamError(f"--address {address}: no Ray cluster reachable ({reason}); start one with "
+                           "`ray start --head` or leave out --address for a local one") from None
+
+
+class RayEngine:
+    """See the module docstring. ``workers``: actors per pool (scan and embed; for embed, at most one per
+    GPU when the cluster has GPUs). ``cpus_per_actor`` 0.5: an actor asking for a whole CPU each left no
+    CPU for Ray Data's own read tasks on a 2-core node, and the pipeline deadlocked."""
+
+    name = "ray"
+    scan_actor = ScanActor
+    embed_actor = EmbedActor
+
+    def __init__(self, address: str | None = None, workers: int = 2, cpus_per_actor: float = 0.5,
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S, log: Callable[[str], None] | None = None):
+        if workers < 1:
+            raise TextcamError(f"--workers {workers}: expected at least 1")
+        self.address, self.workers, self.cpus = address, workers, cpus_per_actor
+        self.log = log or (lambda _message: None)
+        self.started_here = False
+        self.bundle_path: str | None = None
+        self._connect(connect_timeout_s)
+
+    def _connect(self, timeout_s: float) -> None:
+        try:
+            import ray
+            import ray.data  # pyarrow and pandas: the ray extra
+        except ImportError:
+            raise TextcamError("--engine ray needs the ray extra: pip install 'textcam[ray]'") from None
+        if ray.is_initialized():
+            return  # the caller's own Ray (a test, a notebook): used as it is and left running
+        if self.address and self.address != "auto":
+            check_reachable(self.address, timeout_s)
+        options = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        if self.address:
+            options["address"] = self.address
+        failure: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                ray.init(**options)
+            except BaseException as exc:  # handed to the caller's thread below
+                failure.append(exc)
+
+        where = f"--address {self.address}" if self.address else "a local Ray instance"
+        if self.address:
+            # a port that accepts but is no Ray would keep ray.init retrying for minutes: wait for it in
+            # a thread, and give up with one line
+            thread = threading.Thread(target=start, daemon=True)
+            thread.start()
+            thread.join(timeout_s)
+        else:
+            start()  # in the main thread: Ray sets its signal handlers there
+        if self.address and thread.is_alive():
+            raise TextcamError(f"{where}: Ray did not answer within {timeout_s:.0f} s")
+        if failure:
+            raise TextcamError(f"{where}: cannot start Ray ({first_line(failure[0])})")
+        self.started_here = True
+        data_context = ray.data.DataContext.get_current()
+        data_context.enable_progress_bars = False  # the builder shows one bar per phase
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+    def _gpus(self) -> int:
+        import ray
+
+        return int(ray.cluster_resources().get("GPU", 0))
+
+    def scan(self, bundle, probe: ProbeSet, scan_m: int, batch_size: int, bar):
+        import ray
+
+        from textcam.semantics_store.builder import TIE_BREAK_SEED
+
+        units = ray.data.from_items([{"unit": unit.to_json()} for unit in probe.units],
+                                    override_num_blocks=len(probe.units))
+        results = units.map_batches(
+            self.scan_actor, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.workers),
+            num_cpus=self.cpus,
+            fn_constructor_kwargs={"bundle_path": str(bundle.path), "scan_m": scan_m, "images": probe.count,
+                                   "seed": TIE_BREAK_SEED, "column": probe.column, "batch_size": batch_size})
+        selector, kept, failed, by_unit = None, 0, [], []
+        limit = MAX_FAILED_FRACTION * probe.count
+        with bar(probe.count, "scan") as progress:
+            for row in results.iter_rows():
+                if row["error"]:
+                    raise TextcamError(str(row["error"]))
+                found = [(Path(p), m) for p, m in json.loads(str(row["failed"]))]
+                failed.extend(found)
+                by_unit.append((int(row["first"]), found))
+                if len(failed) > limit:  # refused as soon as that many have failed, as locally
+                    examples = "; ".join(message for _, message in failed[:3])
+                    raise TextcamError(f"--probe: {len(failed)} of {probe.count} images could not be read "
+                                       f"(more than 1%), e.g. {examples}")
+                top, bottom = _array(row["top"]), _array(row["bottom"])
+                if int(row["seen"]):
+                    if selector is None:
+                        selector = ExtremeSelector(top.shape[0], scan_m, probe.count, TIE_BREAK_SEED)
+                    selector.merge(top, bottom, int(row["seen"]))
+                    kept += int(row["seen"])
+                progress.update(int(row["count"]))
+        if not kept:
+            raise TextcamError("--probe: no readable images")
+        # in listing order, as the local engine lists them (units finish in any order)
+        return selector, kept, [item for _, found in sorted(by_unit, key=lambda pair: pair[0]) for item in found]
+
+    def embed(self, clip, probe: ProbeSet, used: np.ndarray, cache_dir, batch_size: int, bar):
+        import ray
+
+        gpus = self._gpus()
+        actors = min(self.workers, gpus) if gpus else self.workers
+        rows = [{"unit": unit.to_json(), "ids": json.dumps(share)} for unit, share in probe.units_with(used.tolist())]
+        threads = max(1, int((os.cpu_count() or 1) // actors))
+        resources = {"num_gpus": 1} if gpus else {"num_cpus": self.cpus}
+        results = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+            self.embed_actor, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+            **resources,
+            fn_constructor_kwargs={"clip": clip, "cache_dir": str(cache_dir) if cache_dir else None,
+                                   "column": probe.column, "batch_size": batch_size, "threads": threads})
+        embeddings = None
+        hits = 0
+        with bar(len(used), "embed") as progress:
+            for row in results.iter_rows():
+                ids, vectors = _array(row["ids"]), _array(row["embeddings"])
+                if embeddings is None:
+                    embeddings = np.empty((len(used), vectors.shape[1]), np.float32)
+                embeddings[np.searchsorted(used, ids)] = vectors
+                hits += int(row["hits"])
+                progress.update(len(ids))
+        return embeddings, hits
+
+    def directions(self, embeddings: np.ndarray, positives: np.ndarray, negatives: np.ndarray, lda: str, bar):
+        import ray
+
+        from textcam.semantics_store.lda import pooled_covariance
+
+        covariance = None
+        if lda == "pooled":  # one matrix for every chunk, from every channel's images, as locally
+            used = np.unique(np.concatenate([positives.ravel(), negatives.ravel()]))
+            covariance = pooled_covariance(np.asarray(embeddings, np.float64)[used])
+        task = ray.remote(num_cpus=self.cpus)(_lda_chunk)
+        shared = ray.put(embeddings)
+        pending = {task.remote(shared, positives[s : s + LDA_CHUNK], negatives[s : s + LDA_CHUNK], lda, covariance): s
+                   for s in range(0, positives.shape[0], LDA_CHUNK)}
+        result = np.empty((positives.shape[0], embeddings.shape[1]), np.float32)
+        with bar(positives.shape[0], "lda", "ch") as progress:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                start = pending.pop(done[0])
+                chunk = ray.get(done[0])
+                result[start : start + len(chunk)] = chunk
+                progress.update(len(chunk))
+        return result
+
+    def close(self) -> None:
+        if self.started_here:
+            import ray
+
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            self.started_here = False
+
+
+__all__ = ["EmbedActor", "RayEngine", "ScanActor", "check_reachable"]

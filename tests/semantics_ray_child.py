@@ -1,0 +1,97 @@
+"""The Ray side of tests/test_semantics_ray.py, run inside a private network namespace (loopback only).
+
+Ray binds to the machine's real address even when told 127.0.0.1, so the test starts this script as
+``unshare -n sh -c 'ip link set lo up && exec python semantics_ray_child.py SPEC_JSON'`` (as
+tests/ray_serve_child.py). SPEC_JSON names the bundles to build into and the probe sources; this
+script runs every ``--engine ray`` build of the test in one Ray instance (2 CPUs), then the CLI, which
+starts its own local Ray, and prints one JSON object on its last stdout line. The test compares the
+bundles with its own local-engine builds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ray_serve_child import loopback_up
+
+
+def main() -> None:
+    loopback_up()
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    import ray
+
+    from textcam.semantics_store import build_semantics, load_clip, probe_source
+    from textcam.semantics_store.ray_engine import RayEngine, ScanActor
+
+    probe_source.UNIT_IMAGES = spec["unit_images"]  # several units (tasks) from a small probe set
+    clip = load_clip(None, spec["clip_checkpoint"], "textcam-tiny-clip")  # the test's own CLIP weights
+    started = time.monotonic()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    out: dict = {"ray_start_s": round(time.monotonic() - started, 2), "builds": {}}
+
+    marker = Path(spec["kill_marker"])
+
+    class KilledOnce(ScanActor):
+        """Dies (the whole worker process) at its first unit, once across every actor: the marker file
+        says it has happened."""
+
+        def __call__(self, batch):
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return super().__call__(batch)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            os._exit(1)
+
+    for name, build in spec["builds"].items():
+        engine = RayEngine(workers=2)
+        if build.get("kill"):
+            engine.scan_actor = KilledOnce
+        start = time.monotonic()
+        kept, resume = Path(build["kept"]), Path(build["resume"])
+        kept.mkdir(parents=True, exist_ok=True)
+
+        def keep(phase, resume=resume, kept=kept):  # the checkpoint files: selections, embeddings, directions
+            if phase in ("scan", "embed", "lda"):
+                shutil.copy(resume / f"{phase}.npz", kept / f"{phase}.npz")
+
+        try:
+            report = build_semantics(build["bundle"], build["probe"], clip, vocab=["builtin:classes"], m=spec["m"],
+                                     fuse=False, show_progress=False, batch_size=spec["batch"], engine=engine,
+                                     log=lambda _m: None, resume_dir=resume, on_phase=keep)
+        except Exception as exc:  # the test checks the refusal's line
+            out["builds"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        out["builds"][name] = {"seconds": report.seconds, "failed": [[str(p), m] for p, m in report.failed],
+                               "notes": report.notes, "m": report.m, "probe_images": report.probe_images,
+                               "embedded_images": report.embedded_images, "wall_s": round(time.monotonic() - start, 2)}
+    out["killed_pid"] = marker.read_text() if marker.exists() else None
+    out["worker_pid"] = os.getpid()
+    ray.shutdown()
+
+    cli = spec["cli"]
+    command = [sys.executable, "-m", "textcam", "semantics", cli["bundle"], "--probe", cli["probe"],
+               "--clip-checkpoint", spec["clip_checkpoint"], "--clip-model", "textcam-tiny-clip",
+               "--vocab", "builtin:classes", "-m", str(spec["m"]), "--no-fuse",
+               "--batch-size", str(spec["batch"]), "--engine", "ray", "--workers", "2"]
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    out["cli"] = {"returncode": done.returncode, "stdout": done.stdout, "stderr_tail": done.stderr[-3000:],
+                  "seconds": round(time.monotonic() - started, 2)}
+    sys.stdout.flush()
+    print(json.dumps(out))
+    sys.stdout.flush()
+    os._exit(0)  # skip Ray's slow teardown: the namespace and its processes go with this process
+
+
+if __name__ == "__main__":
+    main()
