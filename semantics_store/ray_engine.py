@@ -56,7 +56,7 @@ def _array(data: bytes) -> np.ndarray:
 
 
 class ScanActor:
-    """One ONNX Runtime session; per call, a batch of units scanned into per-unit selectors."""
+    """One ONNX Runtime session; per call (a task), some units scanned into one selector."""
 
     def __init__(self, bundle_path: str, scan_m: int, images: int, seed: int, column: str, batch_size: int):
         from textcam.runtime.backends import create_runner
@@ -69,32 +69,32 @@ class ScanActor:
         self.template: ExtremeSelector | None = None  # the permutation, drawn once per actor
 
     def __call__(self, batch: dict) -> dict:
-        out: dict[str, list] = {"top": [], "bottom": [], "seen": [], "first": [], "count": [], "failed": [],
-                                "error": []}
+        """The units of one task into one selector: one row of keys per task, not per unit, so the driver
+        receives 2 x M x C keys per ``task_images`` images however small the units are."""
+        failed: list[list] = []
+        selector, seen, count, error = None, 0, 0, ""
         for text in batch["unit"]:
             unit = Unit.from_json(str(text))
-            top = bottom = np.empty((0, 0), np.uint64)
-            seen, failed, error = 0, [], ""
+            count += unit.count
             try:
-                selector, seen, failed = self.scan(unit)
-                if selector is not None:
-                    top, bottom, _ = selector.keys()
+                part, kept, unreadable = self.scan(unit, selector)
             except TextcamError as exc:  # a non-finite score: the driver refuses the build with this line
                 error = str(exc)
-            out["top"].append(_npy(top))
-            out["bottom"].append(_npy(bottom))
-            out["seen"].append(seen)
-            out["first"].append(unit.first)
-            out["count"].append(unit.count)
-            out["failed"].append(json.dumps([[str(p), m] for p, m in failed]))
-            out["error"].append(error)
-        return {name: np.asarray(values, dtype=object if name in ("top", "bottom", "failed", "error") else np.int64)
-                for name, values in out.items()}
+                break
+            selector = part
+            seen += kept
+            failed.extend([unit.first, position, str(path), message]
+                          for position, (path, message) in enumerate(unreadable))
+        top, bottom, _ = selector.keys() if selector is not None else (np.empty((0, 0), np.uint64),) * 3
+        return {"top": np.asarray([_npy(top)], dtype=object), "bottom": np.asarray([_npy(bottom)], dtype=object),
+                "seen": np.asarray([seen]), "count": np.asarray([count]),
+                "failed": np.asarray([json.dumps(failed)], dtype=object), "error": np.asarray([error], dtype=object)}
 
-    def scan(self, unit: Unit):
+    def scan(self, unit: Unit, selector: ExtremeSelector | None):
+        """One unit into ``selector`` (a new one if None, returned); with its readable count and unreadable images."""
         from textcam.semantics_store.probe_set import scan_probe
 
-        selector: list[ExtremeSelector] = []
+        selector = [selector] if selector is not None else []
 
         def consume(scores: np.ndarray, ids: np.ndarray) -> None:
             if self.template is None:
@@ -184,6 +184,10 @@ class RayEngine:
     CPU for Ray Data's own read tasks on a 2-core node, and the pipeline deadlocked."""
 
     name = "ray"
+    task_images = 4096
+    """Images per scan task (whole units): each task sends the driver 2 x M x C keys, so a task must hold
+    many more than 2M images for the scan's traffic to stay far below the [N, C] matrix's; and a task is
+    what a dead actor's replacement redoes."""
     scan_actor = ScanActor
     embed_actor = EmbedActor
 
@@ -246,24 +250,23 @@ class RayEngine:
 
         from textcam.semantics_store.builder import TIE_BREAK_SEED
 
+        per_task = max(1, round(self.task_images * len(probe.units) / probe.count))
         units = ray.data.from_items([{"unit": unit.to_json()} for unit in probe.units],
-                                    override_num_blocks=len(probe.units))
+                                    override_num_blocks=-(-len(probe.units) // per_task))
         results = units.map_batches(
-            self.scan_actor, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.workers),
-            num_cpus=self.cpus,
+            self.scan_actor, batch_size=per_task, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=self.workers), num_cpus=self.cpus,
             fn_constructor_kwargs={"bundle_path": str(bundle.path), "scan_m": scan_m, "images": probe.count,
                                    "seed": TIE_BREAK_SEED, "column": probe.column, "batch_size": batch_size})
-        selector, kept, failed, by_unit = None, 0, [], []
+        selector, kept, failed = None, 0, []
         limit = MAX_FAILED_FRACTION * probe.count
         with bar(probe.count, "scan") as progress:
             for row in results.iter_rows():
                 if row["error"]:
                     raise TextcamError(str(row["error"]))
-                found = [(Path(p), m) for p, m in json.loads(str(row["failed"]))]
-                failed.extend(found)
-                by_unit.append((int(row["first"]), found))
+                failed.extend(json.loads(str(row["failed"])))
                 if len(failed) > limit:  # refused as soon as that many have failed, as locally
-                    examples = "; ".join(message for _, message in failed[:3])
+                    examples = "; ".join(entry[3] for entry in failed[:3])
                     raise TextcamError(f"--probe: {len(failed)} of {probe.count} images could not be read "
                                        f"(more than 1%), e.g. {examples}")
                 top, bottom = _array(row["top"]), _array(row["bottom"])
@@ -275,8 +278,8 @@ class RayEngine:
                 progress.update(int(row["count"]))
         if not kept:
             raise TextcamError("--probe: no readable images")
-        # in listing order, as the local engine lists them (units finish in any order)
-        return selector, kept, [item for _, found in sorted(by_unit, key=lambda pair: pair[0]) for item in found]
+        # in listing order, as the local engine lists them (tasks finish in any order)
+        return selector, kept, [(Path(label), message) for *_, label, message in sorted(failed)]
 
     def embed(self, clip, probe: ProbeSet, used: np.ndarray, cache_dir, batch_size: int, bar):
         import ray

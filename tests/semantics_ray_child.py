@@ -54,6 +54,7 @@ def main() -> None:
 
     for name, build in spec["builds"].items():
         engine = RayEngine(workers=2)
+        engine.task_images = spec["task_images"]  # several units per task, several tasks per actor
         if build.get("kill"):
             engine.scan_actor = KilledOnce
         start = time.monotonic()

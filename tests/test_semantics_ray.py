@@ -40,7 +40,7 @@ CHILD_TIMEOUT_S = 240
 IMAGES = 120  # one unreadable image is then under 1%, two are over
 M = 6
 BATCH = 16
-UNIT_IMAGES = 16  # several units, so several scan tasks on both actors and a real merge
+UNIT_IMAGES = 16  # 8 units, 2 per scan task: 4 tasks on 2 actors, merged within a task and at the driver
 PHASE_FILES = ("scan", "embed", "lda")
 
 try:
@@ -159,7 +159,7 @@ def ray_child(world, clip_checkpoint, bundles, tmp_path_factory):
               for name, source in (("folder", "folder"), ("parquet", "parquet"), ("tar", "tar"),
                                    ("killed", "folder"), ("corrupt", "corrupt"))}
     cli_bundle = bundles("ray-cli")
-    spec = {"builds": builds, "m": M, "batch": BATCH, "unit_images": UNIT_IMAGES,
+    spec = {"builds": builds, "m": M, "batch": BATCH, "unit_images": UNIT_IMAGES, "task_images": 2 * UNIT_IMAGES,
             "clip_checkpoint": str(clip_checkpoint), "kill_marker": str(work / "killed.marker"),
             "cli": {"bundle": str(cli_bundle), "probe": world["parquet"]}}
     spec_path = work / "spec.json"
