@@ -198,8 +198,12 @@ class RayEngine:
         self.address, self.workers, self.cpus = address, workers, cpus_per_actor
         self.log = log or (lambda _message: None)
         self.started_here = False
-        self.bundle_path: str | None = None
         self._connect(connect_timeout_s)
+        import ray
+
+        resources = ray.cluster_resources()
+        self.log(f"ray engine: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; {workers} actors "
+                 f"per pool at {cpus_per_actor:g} CPU")
 
     def _connect(self, timeout_s: float) -> None:
         try:
