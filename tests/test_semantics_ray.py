@@ -343,3 +343,14 @@ def test_an_unreachable_address_is_one_line_and_fast(small_bundle, world, tmp_pa
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 1, done.stderr[-2000:]
     assert lines[-1] == f"error: --address {address}: Ray did not answer within 3 s", done.stderr[-2000:]
+
+
+def test_the_local_engine_needs_no_ray(small_bundle, world):
+    # a fresh interpreter: this one may have imported Ray for other tests
+    code = ("import sys; from click.testing import CliRunner; from textcam.cli import main; "
+            "import textcam.semantics_store.builder; "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    with pytest.raises(TextcamError, match=r"^--address is for --engine ray$"):
+        build_semantics(small_bundle, world["folder"], None, address="127.0.0.1:6379")
