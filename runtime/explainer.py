@@ -17,6 +17,7 @@ from textcam.runtime.bundle import Bundle
 from textcam.runtime.bundle_files import read_manifest
 from textcam.runtime.concepts import ConceptSettings
 from textcam.runtime.explanation import Concept, Explanation, softmax
+from textcam.runtime.fused_ranking import fused_graph_fits
 from textcam.runtime.heatmap import map_to_original
 from textcam.runtime.images import DEFAULT_MAX_PIXELS, Geometry, decode, load_image, preprocess
 from textcam.runtime.native import NATIVE_BACKENDS, NativeCore, decodes_natively, native_module
@@ -124,8 +125,8 @@ class Explainer:
         # the fused graph ranks with one beta mode and up to its own N (capped at V: N >= V means all
         # phrases on both paths); other settings rank here
         if (self.semantics and fused and use_fused and backend == "onnxruntime"
-                and fused.beta == self.concept_settings.beta
-                and fused.candidates >= min(self.concept_settings.candidates, len(self.semantics.phrases))):
+                and fused_graph_fits(fused, self.concept_settings.beta, self.concept_settings.candidates,
+                                     len(self.semantics.phrases))):
             graph = self.bundle.with_fused_graph()
         self.fused = graph is not self.bundle
         self.backend = backend

@@ -42,6 +42,13 @@ PREFIX = "textcam_ranking/"
 EPS = 1e-12
 
 
+def fused_graph_fits(fused, beta: str, candidates: int, vocabulary_size: int) -> bool:
+    """Whether the fused graph (a :class:`~textcam.runtime.manifest.FusedGraphSection`) can give the
+    candidates for these concept settings: the same beta mode, and at least ``min(candidates, V)``
+    of them (N >= V means every phrase on both paths). Explainer and `textcam triton` decide by it."""
+    return fused.beta == beta and fused.candidates >= min(candidates, vocabulary_size)
+
+
 def fuse_ranking(
     model_path: str | Path,
     out_path: str | Path,

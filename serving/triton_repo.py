@@ -39,6 +39,7 @@ from typing import Any
 
 from textcam.errors import TextcamError, first_line
 from textcam.runtime.bundle import Bundle
+from textcam.runtime.fused_ranking import fused_graph_fits
 from textcam.serving.triton_config import Enum, data_type, to_pbtxt, validate
 from textcam.serving.triton_python import POST_FORMAT, POST_SPEC
 
@@ -181,8 +182,7 @@ def _fused_usable(bundle: Bundle) -> bool:
     if not (info.semantics and info.fused_graph):
         return False
     settings = ConceptSettings.resolve(info.semantics.defaults)
-    return (info.fused_graph.beta == settings.beta
-            and info.fused_graph.candidates >= min(settings.candidates, info.semantics.vocabulary_size))
+    return fused_graph_fits(info.fused_graph, settings.beta, settings.candidates, info.semantics.vocabulary_size)
 
 
 def _choose_engine(bundle: Bundle, options: RepositoryOptions):

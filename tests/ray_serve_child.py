@@ -274,7 +274,11 @@ def loopback_up() -> None:
 def main() -> None:
     loopback_up()
     mode = sys.argv[1]
-    result = server(sys.argv[2], int(sys.argv[3])) if mode == "server" else cli(int(sys.argv[2]))
+    report_and_exit(server(sys.argv[2], int(sys.argv[3])) if mode == "server" else cli(int(sys.argv[2])))
+
+
+def report_and_exit(result: dict) -> None:
+    """The result as one JSON line on stdout (the test reads it), then exit at once."""
     sys.stdout.flush()
     print(json.dumps(result))
     sys.stdout.flush()

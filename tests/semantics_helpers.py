@@ -70,3 +70,13 @@ def add_semantics(bundle: Path, store: SemanticsStore, fused_candidates: int | N
 
 def random_batch(seed, count=3, size=64):
     return np.random.default_rng(seed).standard_normal((count, 3, size, size)).astype(np.float32)
+
+
+def tiny_clip():
+    """The built-in tiny CLIP (``textcam-tiny-clip``), built after a fixed seed."""
+    import torch
+
+    from textcam.semantics_store import load_clip
+
+    torch.manual_seed(0)
+    return load_clip("textcam-tiny-clip")

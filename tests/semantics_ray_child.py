@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ray_serve_child import loopback_up
+from ray_serve_child import loopback_up, report_and_exit
 
 
 def main() -> None:
@@ -88,10 +88,7 @@ def main() -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     out["cli"] = {"returncode": done.returncode, "stdout": done.stdout, "stderr_tail": done.stderr[-3000:],
                   "seconds": round(time.monotonic() - started, 2)}
-    sys.stdout.flush()
-    print(json.dumps(out))
-    sys.stdout.flush()
-    os._exit(0)  # skip Ray's slow teardown: the namespace and its processes go with this process
+    report_and_exit(out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import base64
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from private_network import child_command, require_netns_prefix
 
 from textcam.cli import main
 from textcam.errors import TextcamError
@@ -46,30 +46,6 @@ except ImportError:
 # importing Ray Serve warns about its own pydantic usage: not ours to act on
 pytestmark = pytest.mark.filterwarnings("ignore:Using extra keyword arguments on `Field`:DeprecationWarning")
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray[serve] is not installed (pip install 'textcam[serve]')")
-
-
-LOOPBACK_UP = "ip link set lo up && " if shutil.which("ip") else ""
-"""With `ip` missing the child brings loopback up itself (an ioctl, ray_serve_child.loopback_up)."""
-
-
-def netns_prefix() -> list[str] | None:
-    """The command prefix that runs a shell in a private network namespace, or None where there is none.
-
-    A PID namespace too where it can be had: every Ray process then dies with the child, even one
-    killed at a timeout."""
-    if shutil.which("unshare") is None:
-        return None
-    for extra in (["-p", "-f", "--mount-proc"], []):
-        probe = subprocess.run(["unshare", "-n", *extra, "sh", "-c", f"{LOOPBACK_UP}true"], capture_output=True,
-                               check=False)
-        if probe.returncode == 0:
-            return ["unshare", "-n", *extra, "sh", "-c"]
-    return None
-
-
-def child_command(prefix: list[str], *args: str) -> list[str]:
-    quoted = " ".join(f"'{a}'" for a in (sys.executable, str(CHILD), *args))
-    return [*prefix, f"{LOOPBACK_UP}exec {quoted}"]
 
 
 def write_images(folder: Path) -> list[Path]:
@@ -113,14 +89,11 @@ def images(tmp_path_factory) -> list[Path]:
 def children(images):
     if not HAVE_RAY:
         pytest.skip("ray[serve] is not installed")
-    prefix = netns_prefix()
-    if prefix is None:
-        pytest.skip("needs `unshare -n` (root or CAP_SYS_ADMIN): Ray must run where it cannot bind the machine's "
-                    "address")
+    prefix = require_netns_prefix()
     env = {**os.environ, "TEXTCAM_TEST_IMAGE": str(images[0]), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("TEXTCAM_NATIVE", None)  # the replicas run as deployed: the C++ core when installed
-    started = {"server": Child(child_command(prefix, "server", str(images[0].parent), "8123"), env),
-               "cli": Child(child_command(prefix, "cli", "8124"), env)}
+    started = {"server": Child(child_command(prefix, CHILD, "server", str(images[0].parent), "8123"), env),
+               "cli": Child(child_command(prefix, CHILD, "cli", "8124"), env)}
     yield started
     for child in started.values():
         if child.process.poll() is None:

@@ -27,7 +27,7 @@ import pytest
 
 pytest.importorskip("open_clip")
 
-from test_ray_serve import LOOPBACK_UP, netns_prefix
+from private_network import child_command, require_netns_prefix
 
 from textcam.errors import TextcamError
 from textcam.semantics_store import build_semantics, load_clip
@@ -149,10 +149,7 @@ def local(world, clip, bundles, tmp_path_factory):
 def ray_child(world, clip_checkpoint, bundles, tmp_path_factory):
     if not HAVE_RAY_DATA:
         pytest.skip("ray[data] is not installed")
-    prefix = netns_prefix()
-    if prefix is None:
-        pytest.skip("needs `unshare -n` (root or CAP_SYS_ADMIN): Ray must run where it cannot bind the machine's "
-                    "address")
+    prefix = require_netns_prefix()
     work = tmp_path_factory.mktemp("ray-builds")
     builds = {name: {"bundle": str(bundles(f"ray-{name}")), "probe": str(world[source]),
                      "resume": str(work / name / "resume"), "kept": str(work / name / "kept"), "kill": name == "killed"}
@@ -167,8 +164,7 @@ def ray_child(world, clip_checkpoint, bundles, tmp_path_factory):
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     started = time.monotonic()
     try:
-        quoted = " ".join(f"'{a}'" for a in (sys.executable, str(CHILD), str(spec_path)))
-        done = subprocess.run([*prefix, f"{LOOPBACK_UP}exec {quoted}"], capture_output=True, text=True,
+        done = subprocess.run(child_command(prefix, CHILD, str(spec_path)), capture_output=True, text=True,
                               timeout=CHILD_TIMEOUT_S, env=env, check=False)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the Ray child did not finish in {CHILD_TIMEOUT_S} s: {str(exc.stderr)[-3000:]}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from semantics_helpers import tiny_clip
 
 pytest.importorskip("open_clip")
 
@@ -16,7 +17,7 @@ from textcam.runtime.backends import create_runner
 from textcam.runtime.bundle import Bundle
 from textcam.runtime.images import load_image
 from textcam.runtime.semantics_file import read_store
-from textcam.semantics_store import build_semantics, builder, load_clip
+from textcam.semantics_store import build_semantics, builder
 from textcam.semantics_store.lda import channel_directions
 from textcam.semantics_store.probe_set import extreme_images, list_probe_images, scan_activations, scan_probe
 from textcam.shapes_world import ShapesWorld
@@ -39,10 +40,7 @@ def stop_after(phase: str):
 
 @pytest.fixture(scope="module")
 def clip():
-    import torch
-
-    torch.manual_seed(0)
-    return load_clip("textcam-tiny-clip")
+    return tiny_clip()
 
 
 @pytest.fixture(scope="module")

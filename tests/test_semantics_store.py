@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from semantics_helpers import tiny_clip
 
 pytest.importorskip("open_clip")
 
@@ -30,10 +31,7 @@ def make_probe(folder: Path, count: int, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def clip():
-    import torch
-
-    torch.manual_seed(0)
-    return load_clip("textcam-tiny-clip")
+    return tiny_clip()
 
 
 @pytest.fixture(scope="module")

@@ -39,8 +39,8 @@ def _joint(model, layer: str):
     return prepare_joint(model, layer, get_method("gradcam"), SIZE).joint
 
 
-def _export(joint, path):
-    example = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(0))
+def _export(joint, path, size=SIZE):
+    example = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
     target = torch.tensor([-1, 0])
     export_onnx(trace_joint(joint, example, target), example, target, path, joint=joint)
     return path
@@ -154,11 +154,7 @@ def test_xgradcam_on_a_near_zero_channel_passes_as_float32_allows(tmp_path):
     out of the weight comparison; the others, and the map, are held to the usual bounds."""
     size = (16, 16)
     joint = prepare_joint(_DeadChannel().eval(), "act", get_method("xgradcam"), size).joint
-    example = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
-    target = torch.tensor([-1, 0])
-    path = tmp_path / "dead.onnx"
-    export_onnx(trace_joint(joint, example, target), example, target, path, joint=joint)
-    report = verify_onnx(path, joint, size)
+    report = verify_onnx(_export(joint, tmp_path / "dead.onnx", size), joint, size)
     assert report["passed"]
     assert report["dead_channels"] >= 4  # channel 0 of every verification image
     assert report["channel_weights_max_rel_err"] <= 1e-5  # the live channels agree closely
@@ -185,11 +181,7 @@ def test_an_ill_conditioned_network_is_exported_with_a_warning(tmp_path, offset,
     size = (16, 16)
     torch.manual_seed(0)
     joint = prepare_joint(_Rounded(offset).eval(), "features", get_method("gradcam"), size).joint
-    example = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
-    target = torch.tensor([-1, 0])
-    path = tmp_path / "rounded.onnx"
-    export_onnx(trace_joint(joint, example, target), example, target, path, joint=joint)
-    report = verify_onnx(path, joint, size)
+    report = verify_onnx(_export(joint, tmp_path / "rounded.onnx", size), joint, size)
     assert report["passed"]
     assert bool(report["warnings"]) == warned, report["eager_float32"]
     if warned:
