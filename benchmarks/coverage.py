@@ -156,6 +156,10 @@ def cells(args) -> list[tuple[str, str, str]]:
 # one cell, in a child process
 
 
+class NoSuchStage(LookupError):
+    """The model has no layer with a grid that much finer than the default layer's."""
+
+
 def pick_layer(model, kind: str, input_hw) -> object:
     """The probed layer for ``default`` / ``stage-1`` / ``stage-2``."""
     import torch
@@ -179,7 +183,7 @@ def pick_layer(model, kind: str, input_hw) -> object:
         and len(r.name.split(".")) <= len(default.name.split(".")) + 1
     ]
     if not candidates:
-        raise LookupError(f"no layer with a grid {factor}x the default's {h}x{w}")
+        raise NoSuchStage(f"no inner stage: no layer's grid is {factor}x the default layer's {h}x{w} on each side")
     return candidates[-1]
 
 
@@ -197,38 +201,65 @@ def tensorrt_parse(onnx_path: Path) -> str | None:
     return str(parser.get_error(0)) if parser.num_errors else "failed"
 
 
-def child(spec: dict) -> dict:
-    import numpy as np  # noqa: F401 (the references need it loaded before torch threads start)
-    import torch
-
-    from textcam.export.parity_matrix import compare, export_despite_verification, failures, open_session
-    from textcam.export.reference import Case, build_model
-
-    torch.set_num_threads(spec["threads"])
-    model_spec, layer_kind, method = spec["model"], spec["layer"], spec["method"]
-    size = spec["input_size"] or input_size_for(model_spec)
-    input_hw = (size, size)
+def _case(spec: dict, layer_name: str = "", kind: str = "nchw", prefix_tokens: int = 0):
+    from textcam.export.reference import Case
 
     def build():
         from textcam.export.model_source import load_model
 
-        return load_model(model_spec).module
+        return load_model(spec["model"]).module
 
-    row: dict = {"input_size": size}
+    size = spec["input_size"] or input_size_for(spec["model"])
+    return Case(spec["model"], layer_name, build, (size, size), kind, prefix_tokens, cam_ok=bool(layer_name))
+
+
+def weights_digest(model) -> str:
+    """SHA-256 over every parameter and buffer: the parity phase must rebuild the exported model."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def child(spec: dict) -> dict:
+    """One phase of a cell: ``export`` (build, pick the layer, export; its peak RSS is the export's)
+    or ``parity`` (build again, run the bundle against both references). Two processes, so that the
+    references (pytorch-grad-cam's parameter gradients, a float64 copy of the model) never share an
+    address space with what the export left behind: ViT-H/14 needs that to fit in 24 GB."""
+    import numpy as np  # noqa: F401 (the references need it loaded before torch threads start)
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    if spec.get("phase") == "parity":
+        return parity(spec)
+    from textcam.export.parity_matrix import export_despite_verification
+    from textcam.export.reference import build_model
+
+    layer_kind, method = spec["layer"], spec["method"]
+    case = _case(spec)
+    row: dict = {"input_size": case.input_size[0]}
     start = time.perf_counter()
     try:
-        model = build_model(Case(model_spec, "", build, input_hw))  # parameters keep requires_grad (pytorch-grad-cam)
-        layer = pick_layer(model, layer_kind, input_hw)
-    except Exception as exc:  # a model that cannot be built or has no such stage: the cell's result
+        model = build_model(case)  # parameters keep requires_grad (pytorch-grad-cam)
+        layer = pick_layer(model, layer_kind, case.input_size)
+    except NoSuchStage as exc:  # a model whose grid never gets finer (ViT): no inner stage to explain
+        row.update(status="not applicable", error=str(exc))
+        return row
+    except Exception as exc:  # a model that cannot be built: the cell's result
         row.update(status="export failed", error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:400]}")
         return row
     layout = layer.layout
-    case = Case(model_spec, layer.name, build, input_hw, layout.kind, layout.prefix_tokens, cam_ok=True)
+    case = _case(spec, layer.name, layout.kind, layout.prefix_tokens)
     row.update(
         layer_name=layer.name,
         layout=layout.kind,
+        prefix_tokens=layout.prefix_tokens,
         grid=list(layout.grid),
         params=sum(p.numel() for p in model.parameters()),
+        weights_digest=weights_digest(model),
         build_s=round(time.perf_counter() - start, 1),
     )
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -252,10 +283,23 @@ def child(spec: dict) -> dict:
     row["onnx_vs_weights"] = round(manifest["model"]["size_bytes"] / (4 * row["params"]), 3)
     row["tensorrt_static"] = manifest["tensorrt"]
     row["tensorrt_parser"] = tensorrt_parse(out / "model.onnx")
-    session = open_session(out)
+    row["status"] = "ok" if row["verification"].get("passed") else "refused by verification"
+    return row
+
+
+def parity(spec: dict) -> dict:
+    """The exported bundle in ``spec['work']`` against pytorch-grad-cam and float64 autograd."""
+    from textcam.export.parity_matrix import compare, failures, open_session
+    from textcam.export.reference import build_model
+
+    exported = spec["exported"]
+    case = _case(spec, exported["layer_name"], exported["layout"], exported["prefix_tokens"])
+    model = build_model(case)  # the same seeds: the same weights as the exported model's
+    if weights_digest(model) != exported["weights_digest"]:
+        raise RuntimeError("the model built for parity differs from the exported one (non-deterministic build)")
+    session = open_session(Path(spec["work"]) / "bundle.textcam")
     start = time.perf_counter()
-    batches = [compare(case, model, session, method, b) for b in (1, 3)]
-    row["compare_s"] = round(time.perf_counter() - start, 1)
+    batches = [compare(case, model, session, spec["method"], b) for b in (1, 3)]
     keys = (
         "heatmap_max_abs",
         "logits_rel",
@@ -266,11 +310,10 @@ def child(spec: dict) -> dict:
         "weights_vs_fp64_onnx",
         "weights_vs_fp64_eager32",
     )
-    row.update({key: max(b[key] for b in batches) for key in keys})
-    row["parity_problems"] = [f"b{b['batch']}: {p}" for b in batches for p in failures(case, method, b)]
-    verified = bool(row["verification"].get("passed"))
-    row["status"] = "ok" if verified else "refused by verification"
-    row["cause"] = cause(row)
+    row = {key: max(b[key] for b in batches) for key in keys}
+    row["compare_s"] = round(time.perf_counter() - start, 1)
+    row["parity_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    row["parity_problems"] = [f"b{b['batch']}: {p}" for b in batches for p in failures(case, spec["method"], b)]
     return row
 
 
@@ -297,6 +340,24 @@ def cause(row: dict) -> str:
     return "; ".join(misses)
 
 
+def _run_child(payload: dict, timeout: float) -> dict:
+    """One child phase's JSON row, or a crashed / timeout row."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(payload)]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=max(timeout, 1))
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "error": f"no result within {timeout:.0f} s", "wall_s": round(timeout, 1)}
+    wall = round(time.perf_counter() - start, 1)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
+        return {"status": "crashed", "error": f"exit {done.returncode}: {tail[0][:300]}", "wall_s": wall}
+    row = json.loads(lines[-1])
+    row["wall_s"] = wall
+    return row
+
+
 def run_cell(spec: str, layer: str, method: str, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="textcam-coverage-") as work:
         payload = {
@@ -306,20 +367,16 @@ def run_cell(spec: str, layer: str, method: str, args) -> dict:
             "work": work,
             "threads": args.threads,
             "input_size": args.input_size,
+            "phase": "export",
         }
-        command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(payload)]
-        start = time.perf_counter()
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            return {"status": "timeout", "error": f"no result within {args.timeout} s", "wall_s": args.timeout}
-        wall = round(time.perf_counter() - start, 1)
-        lines = done.stdout.strip().splitlines()
-        if done.returncode != 0 or not lines:
-            tail = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
-            return {"status": "crashed", "error": f"exit {done.returncode}: {tail[0][:300]}", "wall_s": wall}
-        row = json.loads(lines[-1])
-        row["wall_s"] = wall
+        row = _run_child(payload, args.timeout)
+        if row["status"] not in ("ok", "refused by verification"):
+            return row
+        checked = _run_child(dict(payload, phase="parity", exported=row), args.timeout - row["wall_s"])
+        if "status" in checked:  # the parity phase itself crashed or ran out of time
+            return dict(row, status=f"parity {checked['status']}", error=checked["error"])
+        row.update(checked, wall_s=round(row["wall_s"] + checked["wall_s"], 1))
+        row["cause"] = cause(row)
         return row
 
 
@@ -331,9 +388,25 @@ def load_results(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"cells": {}}
 
 
+def record_cell(out: Path, key: str, row: dict) -> dict:
+    """Add one cell to ``out/coverage.json`` under a lock, re-reading it first: runs of different
+    slices (``--slice``) can share one results folder."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "coverage.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = load_results(out / "coverage.json")
+        results["cells"][key] = row
+        results["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        results["machine"] = machine()
+        save_results(results, out)
+    return results
+
+
 def save_results(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "coverage.json.tmp"
+    tmp = out / f"coverage.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, out / "coverage.json")
     (out / "coverage.md").write_text(markdown(results))
@@ -519,10 +592,7 @@ def main() -> None:
         if tqdm:
             bar.set_description(f"{spec} {layer} {method}")
         row = run_cell(spec, layer, method, args)
-        results["cells"][cell_id(spec, layer, method)] = row
-        results["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        results["machine"] = machine()
-        save_results(results, args.out)
+        record_cell(args.out, cell_id(spec, layer, method), row)
         message = f"{spec} {layer} {method}: {row['status']} {row.get('export_s', row.get('wall_s', 0))} s"
         (bar.write if tqdm else print)(
             message + (f" ({row.get('error') or row.get('cause')})" if row.get("error") or row.get("cause") else "")
