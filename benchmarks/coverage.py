@@ -240,7 +240,7 @@ def child(spec: dict) -> dict:
 
     layer_kind, method = spec["layer"], spec["method"]
     case = _case(spec)
-    row: dict = {"input_size": case.input_size[0]}
+    row: dict = {"input_size": case.input_size[0], "threads": spec["threads"]}
     start = time.perf_counter()
     try:
         model = build_model(case)  # parameters keep requires_grad (pytorch-grad-cam)

@@ -257,9 +257,7 @@ def prepare_joint(
     """A private eval-mode copy of ``model``, probed, with its layer chosen and wrapped for tracing."""
     # A private copy: switching off in-place ops (which clash with retaining activations and
     # with the leaf the gradient is taken against) must not touch the caller's model.
-    model = copy.deepcopy(model).eval().float()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)  # only input-side gradients are ever needed
+    model = _private_copy(model).eval().float()
     for module in model.modules():
         if getattr(module, "inplace", False) is True:
             module.inplace = False
@@ -278,6 +276,19 @@ def prepare_joint(
         model, find_module(model, layer.name), cam_method, layer.layout, input_hw, head, with_activations
     ).eval()
     return PreparedJoint(joint, layer, example, int(logits.shape[1]))
+
+
+def _private_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters share the caller's storage, without gradients.
+
+    Only input-side gradients are ever needed, and nothing in the export writes to a weight (the
+    float64 verification rebinds the copy's parameters, never the caller's), so sharing saves one
+    copy of the weights for the whole export: 0.55 GB of peak memory for VGG-16, 2.5 GB for ViT-H/14.
+    """
+    memo: dict[int, object] = {}
+    for parameter in model.parameters():
+        memo[id(parameter)] = nn.Parameter(parameter.detach(), requires_grad=False)
+    return copy.deepcopy(model, memo)
 
 
 def _graph_signature(model: onnx.ModelProto) -> GraphSection:

@@ -44,6 +44,7 @@ from textcam.errors import TextcamError
 from textcam.export.decompositions import decomposition_table
 from textcam.export.graph_passes import simplify
 from textcam.export.joint_graph import ACTIVATIONS_OUTPUT, INPUT_NAMES, OUTPUT_NAMES
+from textcam.export.onnx_passes import transposes_into_gemm
 from textcam.export.trace_diagnosis import describe_failure, describe_trace_failure
 from textcam.export.trace_patches import tracing_patches
 
@@ -189,6 +190,7 @@ def _optimize(program: torch.onnx.ONNXProgram) -> None:
     import onnx_ir.passes.common as common_passes
     import onnxscript.optimizer
 
+    transposes_into_gemm(program.model)  # before folding stores W's transposed copies
     onnxscript.optimizer.fold_constants_ir(program.model)
     common_passes.RemoveUnusedNodesPass()(program.model)
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(program.model)

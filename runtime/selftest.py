@@ -243,11 +243,18 @@ def build_selftest(bundle: Bundle | str | Path, images: int = DEFAULT_IMAGES) ->
     try:
         settings = explainer.concept_settings if explainer.semantics is not None else None
         batch = _preprocess(pool, bundle.input)
-        outputs = _graph_and_concepts(explainer, batch, settings)
-        probes = _probes(bundle, explainer, batch, settings)
+        # the rest of the pool only when the first images are not all stable: most models' are, and
+        # the graph runs four times per image (a large model's export spent half its time here)
+        outputs = _graph_and_concepts(explainer, batch[:images], settings)
+        probes = _probes(bundle, explainer, batch[:images], settings)
+        chosen, unstable = _choose(outputs, probes, images)
+        if unstable and len(batch) > images:
+            rest = batch[images:]
+            outputs = _joined(outputs, _graph_and_concepts(explainer, rest, settings))
+            probes = [_joined(a, b) for a, b in zip(probes, _probes(bundle, explainer, rest, settings), strict=True)]
+            chosen, unstable = _choose(outputs, probes, images)
     finally:
         explainer.close()
-    chosen, unstable = _choose(outputs, probes, images)
     pictures = [pool[i] for i in chosen]
     outputs = {name: value[chosen] for name, value in outputs.items()}
     probes = [{name: value[chosen] for name, value in probe.items()} for probe in probes]
@@ -284,6 +291,10 @@ def _probes(bundle: Bundle, explainer, batch: np.ndarray, settings) -> list[dict
     rng = np.random.default_rng(SELFTEST_SEED + 1)
     steps = (np.ones_like(batch), -np.ones_like(batch), rng.integers(-1, 2, size=batch.shape).astype(np.float32))
     return [_graph_and_concepts(explainer, (batch + step * level).astype(np.float32), settings) for step in steps]
+
+
+def _joined(first: dict[str, np.ndarray], then: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([first[name], then[name]]) for name in first}
 
 
 def _choose(outputs: dict[str, np.ndarray], probes: list[dict[str, np.ndarray]], count: int

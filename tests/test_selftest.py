@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 from PIL import Image
+from safetensors.numpy import load
 
 from textcam.errors import TextcamError
 from textcam.runtime import Explainer, images
@@ -126,6 +127,46 @@ def test_fields_and_file(default_st):
     assert tolerances["class_index"] == 0 and tolerances["end_to_end.concept_ids"] == 0
     assert tolerances["end_to_end.logits"] >= tolerances["logits"]
     assert json.loads(json.dumps(bundle.manifest))["selftest"]["tolerances"] == tolerances
+
+
+def _margins(bundle: Path) -> np.ndarray:
+    """The pool's relative top-2 logit margins, as the self-test measures them (all 8 images)."""
+    from textcam.runtime import selftest
+
+    explainer = Explainer(bundle)
+    batch = selftest._preprocess(selftest_images(8), Bundle.open(bundle).input)
+    logits = explainer.runner.run(batch, np.full(len(batch), -1, dtype=np.int64))["logits"].astype(np.float64)
+    top = np.sort(logits, axis=1)
+    return (top[:, -1] - top[:, -2]) / np.abs(logits).max(axis=1)
+
+
+@pytest.mark.parametrize("unstable_first", [0, 1])
+def test_the_rest_of_the_pool_runs_only_when_a_first_image_is_unstable(default_st, monkeypatch, unstable_first):
+    """The first images alone when they are stable; otherwise the choice the whole pool gives: the
+    stable ones first, in order (the thresholds are set from the model's own margins)."""
+    from textcam.runtime import selftest
+
+    margins = _margins(default_st)
+    threshold = 0.0
+    if unstable_first:  # just above the smallest of the first four margins: that image becomes unstable
+        low = np.sort(margins[:4])
+        threshold = (low[0] + low[1]) / 2
+        assert (margins[4:] > threshold).any()
+    monkeypatch.setattr(selftest, "MARGIN_FACTOR", threshold / selftest.GRAPH_TOLERANCES["logits"])
+    runs = []
+    original = selftest._graph_and_concepts
+    monkeypatch.setattr(selftest, "_graph_and_concepts", lambda e, b, s: runs.append(len(b)) or original(e, b, s))
+    data, _ = build_selftest(default_st)
+    chosen = json.loads(_metadata(data)["generated_indices"])
+    stable = [i for i in range(8) if margins[i] > threshold]
+    assert chosen == stable[:4]
+    assert runs == ([4] * 4 if not unstable_first else [4] * 4 + [4] * 4)
+    assert len(load(data)["logits"]) == 4
+
+
+def _metadata(data: bytes) -> dict:
+    header = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + header])["__metadata__"]
 
 
 def test_small_bundle_has_no_concepts(small_st):
