@@ -28,13 +28,22 @@ from pathlib import Path
 
 from latency import build_model, export_plain, log, machine_info, parse_configs  # this script's folder
 
-DEFAULT_CONFIGS = ("resnet50:layer4", "vit_b_16:encoder.layers.encoder_layer_11.ln_1")
+DEFAULT_CONFIGS = (
+    "resnet50:layer4",
+    "vit_b_16:encoder.layers.encoder_layer_11.ln_1",
+    "vgg16:avgpool",
+    "vit_l_16:encoder.layers.encoder_layer_23.ln_1",
+)
 QUICK_CONFIGS = ("resnet18:layer4",)
 PHASES = ("probe_s", "trace_s", "onnx_export_s", "verify_s")
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def weights_mb(model) -> float:
+    return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
 
 
 def child(spec: dict) -> dict:
@@ -68,6 +77,7 @@ def child(spec: dict) -> dict:
         baseline_rss_mb=round(baseline, 1),
         torch_threads=torch.get_num_threads(),
         params=sum(p.numel() for p in model.parameters()),
+        weights_mb=round(weights_mb(model), 1),
     )
     return result
 
@@ -103,6 +113,7 @@ def measure(config, kind: str, args, work: Path) -> dict:
         "baseline_rss_mb": median_run["baseline_rss_mb"],
         "torch_threads": median_run["torch_threads"],
         "params": median_run["params"],
+        "weights_mb": median_run["weights_mb"],
     }
     if kind == "textcam":
         phases = median_run["phases"]
@@ -126,27 +137,32 @@ def markdown(report: dict) -> str:
         + (" (quick smoke run: numbers are not meaningful)" if s["quick"] else "") + ".",
         "",
         "| model @ layer | export s | probe s | trace s | onnx export s | verify s | other s | "
-        "peak RSS MB | joint ONNX MB | plain export s | plain ONNX MB | time vs plain | size vs plain |",
-        "|---|" + "---:|" * 12,
+        "peak RSS MB (weights) | joint ONNX MB | plain export s | plain peak RSS MB | plain ONNX MB | time vs plain "
+        "| size vs plain | growth vs plain |",
+        "|---|" + "---:|" * 14,
     ]
     for c in report["configs"]:
         t, p = c["textcam"], c.get("plain")
         phases = t["phases_s"]
         cells = [
             c["name"], f"{t['wall_s']:.1f}", *(f"{phases.get(k, 0.0):.1f}" for k in PHASES),
-            f"{t['unaccounted_s']:.1f}", f"{t['peak_rss_mb']:.0f}", f"{t['onnx_bytes'] / 1e6:.1f}",
+            f"{t['unaccounted_s']:.1f}", f"{t['peak_rss_mb']:.0f} ({t.get('weights_mb', 0):.0f})",
+            f"{t['onnx_bytes'] / 1e6:.1f}",
         ]
         if p:
-            cells += [f"{p['wall_s']:.1f}", f"{p['onnx_bytes'] / 1e6:.1f}",
-                      f"{c['ratios']['time_over_plain']:.2f}x", f"{c['ratios']['size_over_plain']:.3f}x"]
+            growth = c["ratios"].get("peak_growth_over_plain")
+            cells += [f"{p['wall_s']:.1f}", f"{p['peak_rss_mb']:.0f}", f"{p['onnx_bytes'] / 1e6:.1f}",
+                      f"{c['ratios']['time_over_plain']:.2f}x", f"{c['ratios']['size_over_plain']:.3f}x",
+                      f"{growth:.2f}x" if growth is not None else ""]
         else:
-            cells += ["", "", "", ""]
+            cells += ["", "", "", "", "", ""]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "export s: wall clock of `export_bundle` (probe + trace + ONNX export + verification + writing "
         "the bundle); the phases are the manifest's `timings`. peak RSS: the child process's maximum "
-        "resident memory (model included).",
+        "resident memory (model included; its float32 weights in brackets). growth vs plain: textcam's "
+        "peak above the RSS it had once the model was built, over the plain export's.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -195,6 +211,10 @@ def main(argv=None) -> int:
                 entry["ratios"] = {
                     "time_over_plain": round(entry["textcam"]["wall_s"] / plain["wall_s"], 3),
                     "size_over_plain": round(entry["textcam"]["onnx_bytes"] / plain["onnx_bytes"], 4),
+                    # memory above the model itself (interpreter, caller's model and build are in both)
+                    "peak_growth_over_plain": round(
+                        (entry["textcam"]["peak_rss_mb"] - entry["textcam"]["baseline_rss_mb"])
+                        / max(plain["peak_rss_mb"] - plain["baseline_rss_mb"], 1.0), 2),
                 }
             configs.append(entry)
     import torch

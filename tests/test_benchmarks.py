@@ -118,6 +118,7 @@ def test_export_cost_quick(quick_runs):
     assert textcam["verification"]["passed"] is True
     assert positive(plain["wall_s"]) and positive(plain["onnx_bytes"])
     assert positive(config["ratios"]["time_over_plain"]) and positive(config["ratios"]["size_over_plain"])
+    assert positive(config["ratios"]["peak_growth_over_plain"]) and positive(textcam["weights_mb"])
 
     text = (tmp_path / "export_cost.md").read_text()
     assert "resnet18@layer4" in text and "export s" in text
