@@ -149,6 +149,12 @@ class Explainer:
                 raise TextcamError("native=True: the native core chooses its execution providers by backend; "
                                    "drop backend_options['providers'] or pass native=False")
             module = None
+        if module is not None and options.get("prepack_weights") is False:
+            # the core's sessions always pre-pack (its C API takes threads and spinning only)
+            if native:
+                raise TextcamError("native=True: the native core cannot run without pre-packed weights; drop "
+                                   "backend_options['prepack_weights'] or pass native=False")
+            module = None
         if module is not None and not self._bundle_on_disk():
             # a Bundle seen through a manifest not (yet) on disk, or with a graph of the caller's own:
             # the core reads the directory, so it would explain another bundle

@@ -239,7 +239,9 @@ def build_selftest(bundle: Bundle | str | Path, images: int = DEFAULT_IMAGES) ->
     if isinstance(images, bool) or not isinstance(images, (int, np.integer)) or not 1 <= images <= MAX_IMAGES:
         raise TextcamError(f"images={images!r}: expected the number of self-test images, 1 to {MAX_IMAGES}")
     pool = selftest_images(min(MAX_IMAGES, images + max(4, images)))
-    explainer = Explainer(bundle, backend="onnxruntime")
+    # one copy of the weights: an export builds this right after its verification, with the
+    # caller's model still in memory (ViT-L/16's export peaked here)
+    explainer = Explainer(bundle, backend="onnxruntime", backend_options={"prepack_weights": False})
     try:
         settings = explainer.concept_settings if explainer.semantics is not None else None
         batch = _preprocess(pool, bundle.input)

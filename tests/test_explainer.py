@@ -215,6 +215,28 @@ def test_backend_options_and_concepts_are_grouped(small_bundle):
         Explainer(small_bundle, concepts={"top_k": 2}, l1=0.1)
 
 
+def _session_config(explainer, key: str) -> str | None:
+    try:
+        return explainer.runner.session.get_session_options().get_session_config_entry(key)
+    except RuntimeError:  # ONNX Runtime's answer for a key never set
+        return None
+
+
+def test_without_prepacked_weights_the_answers_are_the_same(small_bundle):
+    """prepack_weights=False: ONNX Runtime keeps one copy of the weights; same answers, same checks."""
+    with Explainer(small_bundle) as packed, Explainer(small_bundle, backend_options={"prepack_weights": False}) as one:
+        assert _session_config(one, "session.disable_prepacking") == "1"
+        assert _session_config(packed, "session.disable_prepacking") is None
+        for seed in range(3):
+            a, b = packed.explain(random_image(seed)), one.explain(random_image(seed))
+            assert a.class_index == b.class_index
+            np.testing.assert_allclose(a.logits, b.logits, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-5)
+        assert one.selftest().passed
+    with pytest.raises(TextcamError, match="prepack_weights='no': expected True or False"):
+        Explainer(small_bundle, backend_options={"prepack_weights": "no"})
+
+
 def test_context_manager_closes_the_runner(small_bundle):
     from textcam.runtime.backends import GraphRunner
 

@@ -505,3 +505,12 @@ def test_native_path_runs_without_torch(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.startswith("OK ")
+
+
+def test_unpacked_weights_run_on_the_numpy_path():
+    """The core's sessions always pre-pack: asking for one copy of the weights takes the Python path,
+    and native=True says why it cannot."""
+    with Explainer(DEFAULT_BUNDLE, backend_options={"prepack_weights": False}) as explainer:
+        assert not explainer.native
+    with pytest.raises(TextcamError, match="native=True: the native core cannot run without pre-packed weights"):
+        Explainer(DEFAULT_BUNDLE, native=True, backend_options={"prepack_weights": False})

@@ -186,3 +186,39 @@ def test_an_ill_conditioned_network_is_exported_with_a_warning(tmp_path, offset,
     assert bool(report["warnings"]) == warned, report["eager_float32"]
     if warned:
         assert "ill-conditioned in float32" in report["warnings"][0]
+
+
+def _rows(rng, weights, cam, chosen):
+    return {"logits": np.eye(3)[chosen] + 0.01, "chosen": np.asarray(chosen), "weights": weights, "cam": cam,
+            "activation": np.ones((len(chosen), weights.shape[1]))}
+
+
+@pytest.mark.parametrize("eager_weights_off", [0.0, 5.0])
+def test_a_row_float32_cannot_compute_is_left_out_of_weights_and_map(eager_weights_off):
+    """Row 1's map is wrong by order one in the graph. Where eager float32's own weights are also
+    far off there (the gradient is below float32 rounding), the row is ill-conditioned: left out of
+    both sides' weights and map comparisons, and counted. Where eager float32 computes that row's
+    weights correctly, the same graph is refused."""
+    from textcam.export.verification import _measure
+
+    rng = np.random.default_rng()
+    exact_weights = rng.standard_normal((2, 4))
+    exact_cam = rng.uniform(size=(2, 3, 3))
+    exact = _rows(rng, exact_weights, exact_cam, [0, 1])
+    eager_weights = exact_weights * (1 + 1e-7)
+    eager_weights[1] += eager_weights_off * np.abs(exact_weights[1]).max()
+    eager = _rows(rng, eager_weights, exact_cam + np.array([0.0, 0.1])[:, None, None], [0, 1])
+    graph_weights = exact_weights.copy()
+    graph_weights[1] *= -3  # wrong, and so is its map
+    graph = _rows(rng, graph_weights, np.stack([exact_cam[0], 1 - exact_cam[1]]), [0, 1])
+
+    graph_err, eager_err, gaps, unsteady = _measure([graph], [[eager]], [exact], [np.ones((2, 4), bool)], True)
+    bounds = {key: FACTOR * eager_err[key] + FLOORS[key] for key in FLOORS}
+    refused = any(graph_err[key] > bounds[key] for key in FLOORS)
+    assert gaps == []
+    if eager_weights_off:
+        assert unsteady == 1 and not refused
+        assert graph_err["cam_max_abs_err"] == 0.0 and eager_err["channel_weights_max_rel_err"] < 1e-6
+    else:
+        assert unsteady == 0 and refused
+        assert graph_err["cam_max_abs_err"] > bounds["cam_max_abs_err"]
