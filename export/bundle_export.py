@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
+import gc
 import math
 import numbers
 import sys
@@ -115,9 +118,22 @@ def _rgb(name: str, values) -> tuple[float, float, float]:
 
 
 def _stage(progress: Callable[[str], None] | None, message: str) -> float:
+    _return_freed_memory()
     if progress:
         progress(message)
     return time.perf_counter()
+
+
+def _return_freed_memory() -> None:
+    """Hand what the last stage freed back to the system (glibc keeps freed heap otherwise).
+
+    The probe's activations (ConvNeXt-L: 1.7 GB at batch 2) stayed resident through tracing and
+    the ONNX export, and the verification's through the self-test (0.3 GB higher peak); other
+    allocators than glibc's return memory their own way, and nothing is done there.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def export_bundle(
