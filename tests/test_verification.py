@@ -184,6 +184,8 @@ def test_an_ill_conditioned_network_is_exported_with_a_warning(tmp_path, offset,
     report = verify_onnx(_export(joint, tmp_path / "rounded.onnx", size), joint, size)
     assert report["passed"]
     assert bool(report["warnings"]) == warned, report["eager_float32"]
+    # float32's spread is sampled more where it is large: 2 eager runs per batch, 6 when ill-conditioned
+    assert report["float32_runs"] == (6 if warned else 2)
     if warned:
         assert "ill-conditioned in float32" in report["warnings"][0]
 
