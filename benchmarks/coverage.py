@@ -568,8 +568,10 @@ def readme_table(results: dict) -> str:
                 text += " (refused by verification)"
                 reason = reason or cell["verification"].get("error", "")
             if reason:
-                notes.append(reason.replace("|", "/"))
-                text += f" [{len(notes)}]"
+                reason = reason.replace("|", "/")
+                if reason not in notes:  # one note per distinct reason (every ViT lacks an inner stage)
+                    notes.append(reason)
+                text += f" [{notes.index(reason) + 1}]"
             cells.append(text)
         lines.append(f"| {model.removeprefix('torchvision:')} / {layer} | " + " | ".join(cells) + " |")
     lines += [""] + [f"[{i}] {note}  " for i, note in enumerate(notes, 1)]
