@@ -28,7 +28,7 @@ def _model(a_rank: int, w: np.ndarray, consumers: list[str]) -> onnx.ModelProto:
             nodes.append(helper.make_node("Transpose", ["t"], [f"back{i}"], perm=[1, 0]))
             nodes.append(helper.make_node("MatMul", ["B", f"back{i}"], [f"p{i}"]))
             shape = ["b", k]
-        else:  # gemm with transB=1 reads t transposed again, i.e. W itself: [K] x [N, K]^T... A is [b, N]
+        else:  # Gemm(B, t, transB=1) = B @ t.T = B @ W
             nodes.append(helper.make_node("Gemm", ["B", "t"], [f"p{i}"], transB=1))
             shape = ["b", k]
         nodes.append(helper.make_node("Relu", [f"p{i}"], [out]))  # the product is no graph output
