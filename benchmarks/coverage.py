@@ -228,12 +228,10 @@ def start_peak_measurement() -> float:
     """Reset the process's peak RSS to its current RSS (Linux: ``clear_refs`` 5) and return that, in
     MB: the export's peak then excludes the benchmark's own build (a second copy of the model and
     its BatchNorm calibration), and includes, like ``textcam export``, the caller's model."""
-    import ctypes
-    import gc
+    from textcam.export.bundle_export import _return_freed_memory
 
-    gc.collect()
+    _return_freed_memory()  # as the export does between stages: the baseline is what lives
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the system, so the baseline is what lives
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
