@@ -12,7 +12,13 @@ Contenders, per model/layer, precision and batch size (same random weights, same
 - ``pytorch-grad-cam``: ``pytorch_grad_cam.GradCAM`` on CUDA, fp32, targets = predicted classes.
 
 Every contender returns host (numpy) results or synchronizes CUDA before it returns, so the
-times are end-to-end wall clock. Input: float32 batches on the host, as a service would have.
+times are end-to-end wall clock. Input: float32 batches on the host, as a service would have. No
+contender runs an ONNX Runtime session, so no CPU thread pool spins between the calls.
+
+A row whose timings contradict each other (``trt-explain`` faster than the ``trt-graph`` it contains,
+``trt-graph`` faster than ``trt-plain``, ``pytorch-grad-cam`` faster than ``torch-plain``, beyond the
+rounds' interquartile range: ``textcam.runtime.timing.contradiction``) is refused: the report says why
+instead of giving its numbers, and the script exits 1.
 
 Full run (needs an NVIDIA GPU, TensorRT, torch with CUDA and grad-cam)::
 
@@ -48,6 +54,9 @@ RATIOS = (
     ("pytorch_grad_cam_over_trt_explain", "pytorch-grad-cam", "trt-explain"),
     ("torch_plain_over_trt_plain", "torch-plain", "trt-plain"),
 )
+# (outer, inner): outer does all of inner's work and more on the same engine
+CONTAINS = (("trt-explain", "trt-graph"), ("trt-graph", "trt-plain"), ("trt-explain", "trt-plain"),
+            ("pytorch-grad-cam", "torch-plain"))
 
 
 def log(message: str) -> None:
@@ -134,7 +143,7 @@ def agreement(state: dict, images: np.ndarray) -> dict:
 
 
 def run(config: str, precision: str, args, work: Path) -> dict:
-    from textcam.runtime.timing import interleaved_medians
+    from textcam.runtime.timing import contradiction, interleaved_medians
 
     state = prepare(config, precision, args, work)
     spec = state["explainer"].bundle.input
@@ -146,11 +155,16 @@ def run(config: str, precision: str, args, work: Path) -> dict:
             log(f"{config} {precision} batch {batch}: {args.rounds} rounds")
             stats = interleaved_medians(contenders(state, images), rounds=args.rounds, warmup=3)
             medians = {name: s["median_ms"] for name, s in stats.items()}
+            refused = contradiction(stats, CONTAINS)
+            if refused:
+                log(f"{config} {precision} batch {batch} refused: {refused}")
             rows.append({
                 "batch": batch,
+                "refused": refused,
                 "median_ms": {k: round(v, 3) for k, v in medians.items()},
                 "p90_ms": {k: round(s["p90_ms"], 3) for k, s in stats.items()},
-                "ratios": {key: round(medians[a] / medians[b], 3) for key, a, b in RATIOS},
+                # no ratio from numbers that contradict each other
+                "ratios": {} if refused else {key: round(medians[a] / medians[b], 3) for key, a, b in RATIOS},
                 "images_per_s_explain": round(1e3 * batch / medians["trt-explain"], 1),
                 "agreement": agreement(state, images),
             })
@@ -202,6 +216,9 @@ def markdown(report: dict) -> str:
                   "|---:|" + "---:|" * (len(CONTENDERS) + 4)]
         for row in run_["results"]:
             r = row["ratios"]
+            if row["refused"]:
+                lines.append(f"| {row['batch']} | refused: {row['refused']} |" + " |" * (len(CONTENDERS) + 3))
+                continue
             lines.append(f"| {row['batch']} | " + " | ".join(f"{row['median_ms'][c]:.2f}" for c in CONTENDERS)
                          + f" | {r['trt_explain_over_plain']:.2f} | {r['trt_graph_over_plain']:.2f} | "
                          f"{r['pytorch_grad_cam_over_trt_explain']:.2f} | {row['images_per_s_explain']:.0f} |")
@@ -257,6 +274,11 @@ def main(argv=None) -> int:
     (args.out / "gpu_latency.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "gpu_latency.md").write_text(markdown(report))
     log(f"wrote {args.out / 'gpu_latency.json'} and gpu_latency.md")
+    refused = [f"{r['config']} {r['precision']} batch {row['batch']}" for r in runs for row in r["results"]
+               if row["refused"]]
+    if refused:
+        log(f"error: {len(refused)} row(s) refused, their timings contradict each other: {'; '.join(refused)}")
+        return 1
     return 0
 
 

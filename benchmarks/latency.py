@@ -13,8 +13,13 @@ Contenders, per model/layer and batch size (all on the same float32 batch, same 
   (what ``textcam bench`` calls "plain").
 
 Every ONNX Runtime session runs with ``intra_op_num_threads = --threads`` and spinning off (idle
-ORT threads otherwise busy-wait and starve torch in the same process); torch gets
+ORT threads otherwise busy-wait and starve torch, and each other, in the same process); torch gets
 ``torch.set_num_threads(--threads)``.
+
+A row whose timings contradict each other (``explain`` faster than the ``graph`` it contains, or
+``graph`` faster than ``plain`` / ``logits-subgraph``, beyond the rounds' interquartile range:
+``textcam.runtime.timing.contradiction``) is refused: the report gives the reason instead of its
+numbers' ratios, and the script exits 1.
 
 Full run (see benchmarks/README.md)::
 
@@ -51,6 +56,10 @@ DEFAULT_CONTENDERS = ("plain", "graph", "explain", "torchcam", "pytorch-grad-cam
 OVERHEAD_TARGETS = {"layer4": 1.10, "layer3": 1.30}
 TORCHCAM_BATCHES = (1, 8)  # explain must beat torchcam at these batch sizes
 PGC_TARGET = (1, 4.0)  # pytorch-grad-cam / explain >= 4 at batch 1
+# (outer, inner): outer does all of inner's work and more on the same engine (ORT, same threads); plain
+# is the same forward exported by torch, logits-subgraph the bundle's own graph pruned to the logits
+CONTAINS = (("explain", "graph"), ("graph", "logits-subgraph"), ("explain", "logits-subgraph"),
+            ("graph", "plain"), ("explain", "plain"))
 DEFAULT_LAYERS = {
     "resnet18": "layer4",
     "resnet50": "layer4",
@@ -293,16 +302,9 @@ def run_config(config: Config, args, work: Path) -> dict:
         images = np.random.default_rng(batch).standard_normal(shape).astype(np.float32)
         calls = contenders_for(state, images, args.contenders)
         log(f"{config.name}: batch {batch}, {rounds} rounds x {len(calls)} contenders")
-        stats = interleaved(calls, rounds, args.warmup)
-        medians = {name: s["median_ms"] for name, s in stats.items()}
-        rows.append({
-            "batch": batch,
-            "rounds": rounds,
-            "median_ms": rounded(medians),
-            "min_ms": rounded({name: s["min_ms"] for name, s in stats.items()}),
-            "p90_ms": rounded({name: s["p90_ms"] for name, s in stats.items()}),
-            "ratios": ratios(medians),
-        })
+        rows.append(result_row(batch, rounds, interleaved(calls, rounds, args.warmup)))
+        if rows[-1]["refused"]:
+            log(f"{config.name}: batch {batch} refused: {rows[-1]['refused']}")
         if batch == min(args.batches):
             rows[-1]["agreement"] = agreement(state, images, args.contenders)
     result = {
@@ -327,6 +329,25 @@ def run_config(config: Config, args, work: Path) -> dict:
     state.clear()
     gc.collect()
     return result
+
+
+def result_row(batch: int, rounds: int, stats: dict) -> dict:
+    """One batch size's row from :func:`interleaved`'s stats: medians, min, p90, interquartile range and
+    ratios, or, when the timings contradict each other (``CONTAINS``), ``refused`` and no ratios."""
+    from textcam.runtime.timing import contradiction
+
+    medians = {name: s["median_ms"] for name, s in stats.items()}
+    refused = contradiction(stats, CONTAINS)
+    return {
+        "batch": batch,
+        "rounds": rounds,
+        "median_ms": rounded(medians),
+        "min_ms": rounded({name: s["min_ms"] for name, s in stats.items()}),
+        "p90_ms": rounded({name: s["p90_ms"] for name, s in stats.items()}),
+        "iqr_ms": rounded({name: s["q3_ms"] - s["q1_ms"] for name, s in stats.items()}),
+        "ratios": {} if refused else ratios(medians),  # no ratio from numbers that contradict each other
+        "refused": refused,
+    }
 
 
 def interleaved(calls, rounds: int, warmup: int) -> dict:
@@ -476,8 +497,11 @@ def markdown(report: dict) -> str:
         ]
         for row in config["results"]:
             cells = [str(row["batch"]), str(row["rounds"])]
-            cells += [fmt(row["median_ms"].get(k), 2) for k, _ in present]
-            cells += [fmt(row["ratios"].get(k), 3) for k, _ in ratio_cols]
+            if row.get("refused"):
+                cells += [f"refused: {row['refused']}"] + [""] * (len(present) + len(ratio_cols) - 1)
+            else:
+                cells += [fmt(row["median_ms"].get(k), 2) for k, _ in present]
+                cells += [fmt(row["ratios"].get(k), 3) for k, _ in ratio_cols]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Targets", "", "| target | config | batch | value | result |", "|---|---|---:|---:|---|"]
@@ -488,7 +512,17 @@ def markdown(report: dict) -> str:
         lines.append("| (no target applies to this run) | | | | |")
     passed = sum(t["pass"] for t in report["targets"])
     lines += ["", f"{passed}/{len(report['targets'])} targets met."]
+    refused = refused_rows(report)
+    if refused:
+        lines += ["", f"{len(refused)} row(s) refused (timings that contradict each other; no target is judged "
+                      "on them): " + "; ".join(refused) + "."]
     return "\n".join(lines) + "\n"
+
+
+def refused_rows(report: dict) -> list[str]:
+    """'model@layer batch B' for every row refused because its timings contradict each other."""
+    return [f"{config['name']} batch {row['batch']}" for config in report["configs"]
+            for row in config["results"] if row.get("refused")]
 
 
 def fmt(value, digits: int) -> str:
@@ -505,10 +539,11 @@ def plot(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(configs), figsize=(5 * len(configs), 4.2), squeeze=False)
     for ax, config in zip(axes[0], configs, strict=True):
         batches = [r["batch"] for r in config["results"]]
+        kept = [r for r in config["results"] if not r.get("refused")]  # refused rows are not drawn either
         for key, _ in COLUMNS:
-            values = [r["median_ms"].get(key) for r in config["results"]]
-            if all(v is not None for v in values):
-                ax.plot(batches, values, marker="o", label=key)
+            values = [r["median_ms"].get(key) for r in kept]
+            if kept and all(v is not None for v in values):
+                ax.plot([r["batch"] for r in kept], values, marker="o", label=key)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(batches, [str(b) for b in batches])
@@ -619,6 +654,10 @@ def main(argv=None) -> int:
     plot(report, args.out / "latency.png")
     print(text)
     log(f"wrote {args.out / 'latency.json'}, latency.md, latency.png in {report['settings']['total_s']} s")
+    refused = refused_rows(report)
+    if refused:
+        log(f"error: {len(refused)} row(s) refused, their timings contradict each other: {'; '.join(refused)}")
+        return 1
     return 0
 
 

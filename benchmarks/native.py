@@ -21,6 +21,9 @@ all on the same synthetic JPEG photos (640x480 unless ``--image-size``):
 
 Every ONNX Runtime session runs with spinning off and ``--threads`` intra-op threads (default 1;
 the threads section uses 1 per session, parallelism comes from the callers' threads, as in the host).
+An end-to-end row where ``native`` or ``python`` (each contains the graph) measures faster than
+``graph`` beyond the rounds' interquartile range is refused (``textcam.runtime.timing.contradiction``):
+the report says why instead of giving its numbers, and the script exits 1.
 Ratios come from the same run; the machine may be noisy, so read the ratios rather than the
 absolute numbers.
 
@@ -69,6 +72,7 @@ NON_GRAPH_TARGET = ("resnet50", 1, 0.05)  # model, batch, largest non-graph shar
 PROTOTYPE = {"cpu_ratio": 1.7, "ranking_speedup": 6.0}  # what a prototype measured (default bundle): beat it
 STEPS = ("decode", "preprocess", "select", "map_back")
 PATHS = ("native", "python")
+CONTAINS = (("native", "graph"), ("python", "graph"))  # each explanation runs the graph and more
 SEMANTICS_DEFAULTS = {"beta": "contribution", "top_k": 5, "candidates": 64, "l1": 0.3, "l2": 0.2, "steps": 100}
 
 
@@ -212,14 +216,15 @@ def cycle(paths: list[Path], count: int) -> list[Path]:
 # timing
 
 
-def interleaved(calls: dict[str, Callable[[], object]], rounds: int, warmup: int, seed: int = 0) -> dict:
+def interleaved(calls: dict[str, Callable[[], object]], rounds: int, warmup: int, seed: int = 0,
+                contains=()) -> tuple[dict, str | None]:
     """Each callable ``rounds`` times in a shuffled order per round (textcam.runtime.timing); medians of
-    wall and process CPU (ms)."""
-    from textcam.runtime.timing import interleaved_medians
+    wall and process CPU (ms), and why the wall times contradict ``contains`` (None when they do not)."""
+    from textcam.runtime.timing import contradiction, interleaved_medians
 
     stats = interleaved_medians(calls, rounds, warmup, seed)
-    return {name: {"wall_ms": s["median_ms"], "cpu_ms": s["cpu_median_ms"], "min_wall_ms": s["min_ms"]}
-            for name, s in stats.items()}
+    return ({name: {"wall_ms": s["median_ms"], "cpu_ms": s["cpu_median_ms"], "min_wall_ms": s["min_ms"]}
+             for name, s in stats.items()}, contradiction(stats, contains))
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -260,15 +265,18 @@ def end_to_end(bundle: Path, images: list[Path], args, rounds_for: Callable[[int
         }
         rounds = rounds_for(batch)
         log(f"  end to end, batch {batch}: {rounds} rounds x {len(calls)} contenders")
-        stats = interleaved(calls, rounds, args.warmup)
+        stats, refused = interleaved(calls, rounds, args.warmup, contains=CONTAINS)
+        if refused:
+            log(f"  batch {batch} refused: {refused}")
         per_image = {name: {"wall_ms": r3(s["wall_ms"] / batch), "cpu_ms": r3(s["cpu_ms"] / batch)}
                      for name, s in stats.items()}
         n, p, g = (stats[k] for k in ("native", "python", "graph"))
         rows.append({
             "batch": batch,
             "rounds": rounds,
+            "refused": refused,
             "per_image": per_image,
-            "ratios": {
+            "ratios": {} if refused else {  # no ratio from numbers that contradict each other
                 "python_over_native_wall": ratio(p["wall_ms"], n["wall_ms"]),
                 "python_over_native_cpu": ratio(p["cpu_ms"], n["cpu_ms"]),
                 "native_non_graph_share_wall": ratio(n["wall_ms"] - g["wall_ms"], g["wall_ms"]),
@@ -347,7 +355,7 @@ def steps(bundle: Path, images: list[Path], args, rounds: int) -> dict:
                        "candidates_from_graph": None if among is None else int(among.shape[1]),
                        "settings": settings_dict, "same_ids": ours == theirs}
     log(f"  steps, batch 1: {rounds} rounds x {len(calls)} kernels")
-    stats = interleaved(calls, rounds, args.warmup)
+    stats, _ = interleaved(calls, rounds, args.warmup)  # separate kernels: none contains another
     graph = stats["graph"]["wall_ms"]
     result = {"rounds": rounds, "graph_ms": r3(graph), "graph_cpu_ms": r3(stats["graph"]["cpu_ms"]),
               "image": {"width": geometry.width, "height": geometry.height}, "select": select_info,
@@ -588,13 +596,13 @@ def evaluate_targets(report: dict) -> list[dict]:
                            "bundle": config["name"], "value": s["native_non_graph_share"], "threshold": share,
                            "pass": bool(s["native_non_graph_share"] < share)})
             e2e = next((r for r in config["end_to_end"] if r["batch"] == 1), None)
-            if e2e:
+            if e2e and not e2e["refused"]:  # no target is judged on timings that contradict each other
                 value = e2e["ratios"]["native_non_graph_share_cpu"]
                 checks.append({"target": f"native explain - graph < {share:.0%} of the graph, end to end CPU (batch 1)",
                                "bundle": config["name"], "value": value, "threshold": share,
                                "pass": bool(value < share)})
         if config["name"] == "default":
-            for row in config["end_to_end"]:
+            for row in (r for r in config["end_to_end"] if not r["refused"]):
                 value = row["ratios"]["python_over_native_cpu"]
                 checks.append({"target": f"python/native CPU per image > {PROTOTYPE['cpu_ratio']} "
                                          f"(prototype), batch {row['batch']}",
@@ -689,6 +697,9 @@ def markdown(report: dict) -> str:
         ]
         for row in config["end_to_end"]:
             p, r = row["per_image"], row["ratios"]
+            if row.get("refused"):
+                lines.append(f"| {row['batch']} | refused: {row['refused']} |" + " |" * 9)
+                continue
             lines.append(
                 f"| {row['batch']} | {fmt(p['native']['wall_ms'])} | {fmt(p['python']['wall_ms'])} | "
                 f"{fmt(p['graph']['wall_ms'])} | {fmt(p['native']['cpu_ms'])} | {fmt(p['python']['cpu_ms'])} | "
@@ -992,6 +1003,11 @@ def main(argv=None) -> int:
     plot(report, args.out / "native.png")
     print(text)
     log(f"wrote {args.out / 'native.json'}, native.md, native.png in {report['settings']['total_s']} s")
+    refused = [f"{c['name']} batch {r['batch']}" for c in report["bundles"] for r in c["end_to_end"] if r["refused"]]
+    if refused:
+        log(f"error: {len(refused)} end-to-end row(s) refused, their timings contradict each other: "
+            f"{'; '.join(refused)}")
+        return 1
     return 0
 
 

@@ -20,7 +20,12 @@ as ratios within this run, each Ray row against the in-process row at the same c
 ``in-process`` runs first and again last (both kept; the report uses their mean, and the spread
 says how much the machine drifted). The serving overhead per request is ``p50(ray-1, 1 client) -
 p50(in-process, 1 client)``, given also as a share of the graph's own time (median of the raw
-graph call, batch 1). Replicas and the in-process explainer use ``--threads`` backend threads.
+graph call, batch 1). Replicas and the in-process explainer use ``--threads`` backend threads, with
+ONNX Runtime's spinning off (replicas: ``ServeSettings``' default; the Triton graph model: its own
+session options), so no idle pool busy-waits while another contender runs. The contenders run one
+after another, not interleaved; an in-process request that measures faster than the graph call it
+contains, beyond both sides' interquartile ranges (``textcam.runtime.timing.contradiction``), makes
+the report refuse the overhead figures (it says why) and the script exit 1.
 
 Ray binds to the machine's network address even when told 127.0.0.1, so the run happens in a
 private network namespace (loopback only): as root the script re-executes itself under
@@ -143,6 +148,9 @@ def drive(call: Callable[[int, bytes], None], bodies: list[bytes], threads: int,
         "rps": round(found.size / elapsed, 2),
         "p50_ms": round(float(np.percentile(found, 50)), 3) if found.size else None,
         "p99_ms": round(float(np.percentile(found, 99)), 3) if found.size else None,
+        # the quartiles: the noise the consistency check (summarize) measures against
+        "q1_ms": round(float(np.percentile(found, 25)), 3) if found.size else None,
+        "q3_ms": round(float(np.percentile(found, 75)), 3) if found.size else None,
     }
 
 
@@ -251,8 +259,11 @@ def in_process_call(explainer) -> Callable[[int, bytes], None]:
     return call
 
 
-def graph_ms(explainer, rounds: int = 200) -> float:
-    """Median ms of the raw graph call at batch 1 (the graph's own time, no pre/post-processing)."""
+def graph_stats(explainer, rounds: int = 200) -> dict:
+    """The raw graph call at batch 1 (the graph's own time, no pre/post-processing):
+    ``textcam.runtime.timing.summarize``'s median, quartiles etc. in ms."""
+    from textcam.runtime.timing import summarize
+
     spec = explainer.bundle.input
     batch = np.random.default_rng(0).standard_normal((1, 3, spec.height, spec.width)).astype(np.float32)
     classes = np.full(1, -1, dtype=np.int64)
@@ -263,8 +274,8 @@ def graph_ms(explainer, rounds: int = 200) -> float:
     for _ in range(rounds):
         start = time.perf_counter()
         runner.run(batch, classes)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        times.append((time.perf_counter() - start) * 1000)
+    return summarize(times)
 
 
 def measure(args) -> dict:
@@ -280,7 +291,8 @@ def measure(args) -> dict:
     settings = {"threads": args.threads, "max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms}
     explainer = Explainer(resolve_bundle(args.bundle), batch_size=args.max_batch_size,
                           backend_options={"intra_op_threads": args.threads, "allow_spinning": False})
-    graph = graph_ms(explainer)
+    graph_timing = graph_stats(explainer)
+    graph = graph_timing["median_ms"]
     log(f"graph {graph:.3f} ms per call (batch 1); native core: {explainer.native}")
     rows: list[dict] = []
 
@@ -310,13 +322,17 @@ def measure(args) -> dict:
     ray.shutdown()
     triton = measure_triton(args, bodies, rows)
     run_in_process("last")
-    return {**triton, "graph_ms": round(graph, 4), "native": explainer.native,
+    return {**triton, "graph_ms": round(graph, 4), "graph_timing": graph_timing, "native": explainer.native,
             "input_size": [explainer.bundle.input.height, explainer.bundle.input.width], "rows": rows,
             "serve_startup_s": round(startup_s, 2), "load_during_ray": [round(v, 2) for v in load_before]}
 
 
-def summarize(rows: list[dict], concurrency: list[int], graph: float) -> dict:
-    """Per concurrency: each contender's rps/p50/p99 (in-process: mean of its two passes) and the ratios."""
+def summarize(rows: list[dict], concurrency: list[int], graph: float, graph_timing: dict | None = None) -> dict:
+    """Per concurrency: each contender's rps/p50/p99 (in-process: mean of its two passes) and the ratios;
+    ``refused`` says why the overhead figures are left out when the in-process request measured faster
+    than the graph call it contains (``graph_timing``: :func:`graph_stats`)."""
+    from textcam.runtime.timing import contradiction
+
     table = []
     for threads in concurrency:
         inproc = [r for r in rows if r["contender"] == "in-process" and r["concurrency"] == threads]
@@ -339,12 +355,22 @@ def summarize(rows: list[dict], concurrency: list[int], graph: float) -> dict:
     triton_p50 = next((r["p50_ms"] for r in table if r["contender"] == "triton-unbatched"
                        and r["concurrency"] == first), None)
     triton_overhead = None if triton_p50 is None else round(triton_p50 - inproc_p50, 3)
-    return {"table": table, "overhead": {
+    refused = None
+    inproc = [r for r in rows if r["contender"] == "in-process" and r["concurrency"] == first and r.get("q1_ms")]
+    if graph_timing and inproc:
+        request = {"median_ms": inproc_p50, "rounds": sum(r["requests"] for r in inproc),
+                   "q1_ms": statistics.mean(r["q1_ms"] for r in inproc),
+                   "q3_ms": statistics.mean(r["q3_ms"] for r in inproc)}
+        refused = contradiction({"in-process request": request, "graph call": graph_timing},
+                                [("in-process request", "graph call")])
+    if refused:
+        overhead = triton_overhead = None  # no figure from numbers that contradict each other
+    return {"table": table, "refused": refused, "overhead": {
         "triton_unbatched_p50_ms": triton_p50, "triton_overhead_ms": triton_overhead,
         "triton_overhead_over_graph": None if triton_overhead is None else round(triton_overhead / graph, 2),
         "concurrency": first, "in_process_p50_ms": inproc_p50, "ray_1_p50_ms": ray_p50, "overhead_ms": overhead,
         "overhead_over_graph": None if overhead is None else round(overhead / graph, 2),
-        "in_process_over_graph": round(inproc_p50 / graph, 2)}}
+        "in_process_over_graph": None if refused else round(inproc_p50 / graph, 2)}}
 
 
 def write_markdown(report: dict, path: Path) -> None:
@@ -357,7 +383,8 @@ def write_markdown(report: dict, path: Path) -> None:
         f"({report['input_size'][0]}x{report['input_size'][1]} input), {s['images']} PNG scenes of "
         f"{s['image_size']}x{s['image_size']}, "
         f"{s['duration']} s per point after {s['warmup']} warm-up calls; backend threads {s['threads']} per "
-        f"replica and in-process; max_batch_size {s['max_batch_size']}, batch_wait_ms {s['batch_wait_ms']}. "
+        f"replica and in-process (ONNX Runtime spinning off); max_batch_size {s['max_batch_size']}, "
+        f"batch_wait_ms {s['batch_wait_ms']}. "
         "`in-process`: one Explainer shared by the client threads (open bytes + explain + JSON per request; "
         "mean of a pass before and after the served rows). `ray-N`: Serve with N replicas, keep-alive HTTP clients. "
         "`triton-*`: the PyTriton wheel's tritonserver with the `textcam triton --graph-backend python` repository "
@@ -373,8 +400,11 @@ def write_markdown(report: dict, path: Path) -> None:
             f"{_ms(row['p99_ms'])} | {_ratio(row.get('rps_vs_in_process'))} | {_ratio(row.get('p50_vs_in_process'))} "
             f"| {row['failures']} |"
         )
+    refused = report["summary"].get("refused")
     lines += [
         "",
+        f"Graph alone (raw call, batch 1): {report['graph_ms']:.3f} ms. Refused: {refused}."
+        if refused else
         f"Graph alone (raw call, batch 1): {report['graph_ms']:.3f} ms. Per request at {o['concurrency']} client: "
         f"in-process {_ms(o['in_process_p50_ms'])} ms ({o['in_process_over_graph']}x the graph), "
         f"ray-1 {_ms(o['ray_1_p50_ms'])} ms; serving overhead {_ms(o['overhead_ms'])} ms = "
@@ -426,7 +456,7 @@ def main() -> None:
     report = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         **found,
-        "summary": summarize(found["rows"], args.concurrency, found["graph_ms"]),
+        "summary": summarize(found["rows"], args.concurrency, found["graph_ms"], found["graph_timing"]),
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs",
         "python": platform.python_version(),
         "versions": {name: _version(name) for name in ("ray", "onnxruntime", "numpy")},
@@ -437,6 +467,9 @@ def main() -> None:
     (args.out / "serving.json").write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(report, args.out / "serving.md")
     log(f"wrote {args.out / 'serving.json'} and {args.out / 'serving.md'}")
+    if report["summary"]["refused"]:
+        log(f"error: the overhead figures are refused: {report['summary']['refused']}")
+        sys.exit(1)
 
 
 def _version(name: str) -> str | None:

@@ -51,6 +51,23 @@ LOGITS_MAX_REL = 1e-4
 WEIGHTS_MAX_REL = 1e-4
 ACTIVATION_MAX_REL = 1e-4
 
+# Where a metric misses its fixed limit, the graph is judged against float64 instead, as the export's
+# verification does: its error from float64 may be FLOAT64_FACTOR x eager float32's own (pytorch-grad-cam's
+# float32 map for the heatmap) plus a floor, up to FLOAT64_CEILING. Why: float32 kernels round by the
+# instruction set they dispatch on. At an inner, badly conditioned layer (random ResNet-18 layer3) an
+# AVX2-only CPU put ONNX Runtime's map 9.4e-4 and its channel weights 9.1e-4 from eager PyTorch's, while
+# AVX-512 CPUs stay under 1e-4; both sides are then equally far from float64. A wrong graph (a sign, a
+# missing branch, another layer) is off by order one and stays refused. docs/performance.md, Parity.
+FLOAT64_FACTOR = 4.0
+FLOAT64_FLOOR = {"heatmap_max_abs": 1e-5, "logits_rel": 1e-6, "weights_rel": 1e-6, "activation_rel": 1e-6}
+FLOAT64_CEILING = 1e-2
+FLOAT64_KEYS = {  # metric -> (the graph vs float64, eager float32 vs float64)
+    "heatmap_max_abs": ("heatmap_vs_fp64_onnx", "heatmap_vs_fp64_library"),
+    "logits_rel": ("logits_vs_fp64_onnx", "logits_vs_fp64_eager32"),
+    "weights_rel": ("weights_vs_fp64_onnx", "weights_vs_fp64_eager32"),
+    "activation_rel": ("activation_vs_fp64_onnx", "activation_vs_fp64_eager32"),
+}
+
 INPUT_SEED = 7919  # fresh inputs: export traces with seed 0 and verifies with seed 20261124
 CAM_REFUSAL = "method=cam needs a global-average-pool + linear head"
 
@@ -291,6 +308,8 @@ def compare(case: Case, model: nn.Module, session, method: str, batch: int) -> d
         "weights_vs_fp64_eager32": _rel(weights, exact["weights"]),
         "logits_vs_fp64_onnx": _rel(got["logits"], exact["logits"]),
         "logits_vs_fp64_eager32": _rel(eager["logits"], exact["logits"]),
+        "activation_vs_fp64_onnx": _rel(got["channel_activation"], exact["activation"]),
+        "activation_vs_fp64_eager32": _rel(eager["A"].mean(axis=(2, 3)), exact["activation"]),
         "fp64": exact["dtype"],
         "saliency_peak": [float(p) for p in positive.max(axis=1)],
         "saliency_scale": [float(s) for s in np.abs(saliency).reshape(batch, -1).max(axis=1)],
@@ -302,8 +321,19 @@ def tolerance(case: Case, method: str, metric: str, default: float) -> float:
     return TOLERANCE_OVERRIDES.get((case.id, method), {}).get(metric, default)
 
 
+def float64_judged(metric: str, result: dict) -> bool:
+    """Whether the graph is as close to float64 as eager float32 is (FLOAT64_FACTOR, floor, ceiling)."""
+    graph_key, eager_key = FLOAT64_KEYS[metric]
+    if result.get("fp64") != "float64" or graph_key not in result or not result[metric] <= FLOAT64_CEILING:
+        return False
+    return result[graph_key] <= FLOAT64_FACTOR * result[eager_key] + FLOAT64_FLOOR[metric]
+
+
 def failures(case: Case, method: str, result: dict) -> list[str]:
-    """What in one ``compare`` result misses its target (empty: it passes)."""
+    """What in one ``compare`` result misses its target (empty: it passes).
+
+    A metric passes within its fixed limit, or when it misses it only by rounding: the graph's error
+    from float64 is within FLOAT64_FACTOR of eager float32's (see FLOAT64_FACTOR)."""
     problems = []
     for metric, default in (
         ("heatmap_max_abs", HEATMAP_MAX_ABS),
@@ -312,8 +342,11 @@ def failures(case: Case, method: str, result: dict) -> list[str]:
         ("activation_rel", ACTIVATION_MAX_REL),
     ):
         limit = tolerance(case, method, metric, default)
-        if not result[metric] <= limit:
-            problems.append(f"{metric} {result[metric]:.2e} > {limit:.0e}")
+        if not result[metric] <= limit and not float64_judged(metric, result):
+            graph_key, eager_key = FLOAT64_KEYS[metric]
+            problems.append(f"{metric} {result[metric]:.2e} > {limit:.0e} (from float64: the graph "
+                            f"{result.get(graph_key, float('nan')):.1e}, eager float32 "
+                            f"{result.get(eager_key, float('nan')):.1e})")
     if not result["reference_min_peak"] > 0.99 or not result["weights_scale"] > 0:
         problems.append("trivial reference: all-zero heatmap (explicit target) or all-zero channel weights")
     if not result["class_index_ok"]:

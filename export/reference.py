@@ -308,5 +308,5 @@ def float64_reference(case: Case, model: nn.Module, method: str, image: torch.Te
         eager = eager_reference(case, model, image, target)
         dtype = "float32 A, G"
     cam = reference_cam(method, model, eager)
-    return {"logits": eager["logits"], "weights": cam["weights"],
+    return {"logits": eager["logits"], "weights": cam["weights"], "activation": eager["A"].mean(axis=(2, 3)),
             "heatmap": fp64_heatmap(cam["saliency"], case.input_size), "dtype": dtype}

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import socket
-import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -162,20 +162,54 @@ def _lda_chunk(embeddings, positives, negatives, mode, covariance):
     return channel_directions(embeddings, positives, negatives, mode, covariance=covariance)
 
 
+GRPC_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+"""An HTTP/2 client's connection preface and an empty SETTINGS frame: a gRPC server (Ray's GCS and its
+client server both are) answers with a SETTINGS frame of its own."""
+SETTINGS_FRAME = 4
+
+
 def check_reachable(address: str, timeout_s: float) -> None:
-    """A TCP connection to ``host:port`` (of ``ray://host:port`` too) within ``timeout_s``, or one line."""
+    """``host:port`` (of ``ray://host:port`` too) accepts a TCP connection and answers as a gRPC server, all
+    within ``timeout_s``, or one line.
+
+    Asked here, without Ray, because ``ray.init`` on a port that accepts but stays silent retries for
+    minutes; bounding it with a thread left Ray initialised off the main thread (no SIGTERM handler, and a
+    warning saying so on stderr) and still retrying, and logging, after the one line. So ``ray.init`` runs
+    in the caller's thread, once the port answers; a gRPC server that is not Ray's (its client port given
+    without ray://) is then refused by ``ray.init`` itself, after its ~20 s of retries. Under
+    ``RAY_USE_TLS`` the server expects a TLS handshake first, so only the TCP connection is checked."""
     target = address.split("://", 1)[-1]
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
         raise TextcamError(f"--address {address}: expected HOST:PORT (the head node's GCS, e.g. 10.0.0.5:6379), "
                            "ray://HOST:PORT or auto")
+    deadline = time.monotonic() + timeout_s
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as connection:
+            if os.environ.get("RAY_USE_TLS", "0").lower() not in ("1", "true"):
+                _check_grpc(address, connection, deadline, timeout_s)
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
         raise TextcamError(f"--address {address}: no Ray cluster reachable ({reason}); start one with "
                            "`ray start --head` or leave out --address for a local one") from None
+
+
+def _check_grpc(address: str, connection: socket.socket, deadline: float, timeout_s: float) -> None:
+    """The first frame header the server sends after :data:`GRPC_PREFACE`: a SETTINGS frame, before ``deadline``."""
+    header = b""
+    try:
+        connection.sendall(GRPC_PREFACE)
+        while len(header) < 9:
+            connection.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = connection.recv(9 - len(header))
+            if not chunk:
+                break
+            header += chunk
+    except TimeoutError:
+        raise TextcamError(f"--address {address}: Ray did not answer within {timeout_s:.0f} s") from None
+    if len(header) < 9 or header[3] != SETTINGS_FRAME:
+        raise TextcamError(f"--address {address}: not a Ray cluster (the port does not answer as Ray's gRPC "
+                           "server does); expected the head node's GCS port (6379) or ray://HOST:10001")
 
 
 class RayEngine:
@@ -218,27 +252,11 @@ class RayEngine:
         options = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
         if self.address:
             options["address"] = self.address
-        failure: list[BaseException] = []
-
-        def start() -> None:
-            try:
-                ray.init(**options)
-            except BaseException as exc:  # handed to the caller's thread below
-                failure.append(exc)
-
         where = f"--address {self.address}" if self.address else "a local Ray instance"
-        if self.address:
-            # a port that accepts but is no Ray would keep ray.init retrying for minutes: wait for it in
-            # a thread, and give up with one line
-            thread = threading.Thread(target=start, daemon=True)
-            thread.start()
-            thread.join(timeout_s)
-        else:
-            start()  # in the main thread: Ray sets its signal handlers there
-        if self.address and thread.is_alive():
-            raise TextcamError(f"{where}: Ray did not answer within {timeout_s:.0f} s")
-        if failure:
-            raise TextcamError(f"{where}: cannot start Ray ({first_line(failure[0])})")
+        try:
+            ray.init(**options)  # in the caller's thread: Ray sets its signal handlers in the main thread only
+        except Exception as exc:
+            raise TextcamError(f"{where}: cannot start Ray ({first_line(exc)})") from None
         self.started_here = True
         data_context = ray.data.DataContext.get_current()
         data_context.enable_progress_bars = False  # the builder shows one bar per phase

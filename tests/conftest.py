@@ -32,6 +32,20 @@ from textcam.runtime.bundle_files import read_manifest, sha256_file  # noqa: E40
 NATIVE_TEST_FILES = ("test_native.py", "test_native_gpu.py", "test_benchmark_native.py")
 
 
+def pytest_report_header(config):
+    """The instruction set the kernels dispatch on: results that depend on it are judged against float64,
+    and `scripts/test.sh --portable` runs the suite as on an AVX2-only CPU (docs/development.md)."""
+    import os
+
+    import numpy as np
+
+    features = np._core._multiarray_umath.__cpu_features__
+    wide = [name for name in ("AVX2", "AVX512F", "AVX512_SPR") if features.get(name)]
+    masked = "cpuid_avx2" in os.environ.get("LD_PRELOAD", "")
+    source = "CPUID masked to AVX2 (--portable)" if masked else "as the machine reports"
+    return f"cpu: {', '.join(wide) or 'no AVX2'} ({source})"
+
+
 @pytest.fixture(autouse=True)
 def _numpy_path_unless_asked(request, monkeypatch):
     """Every test but the native ones runs the numpy path, the reference (many replace its pieces:

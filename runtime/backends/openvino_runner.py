@@ -7,6 +7,12 @@ which concepts are named. So the precision is pinned: ``precision="fp32"`` (the 
 ``INFERENCE_PRECISION_HINT=f32``; ``precision="bf16"`` lets the plugin use bf16 and is then
 held to the self-test's reduced-precision tolerances (5e-2 on the numeric outputs, class and
 concept ids exact; see :mod:`textcam.runtime.selftest`).
+
+On a CPU without bfloat16 instructions (AVX2-only x86, where the plugin's
+``OPTIMIZATION_CAPABILITIES`` read ``FP32, INT8, BIN``) the plugin accepts the bf16 hint and
+silently compiles f32. ``precision="bf16"`` is then refused in one line naming what the device
+has, rather than running fp32 and reporting bf16; the compiled model's precision is read back as
+well, in case a plugin drops the hint for another reason.
 """
 
 from __future__ import annotations
@@ -20,6 +26,19 @@ from textcam.runtime.backends.base import GraphRunner
 from textcam.runtime.bundle import Bundle
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+CAPABILITY = {"bf16": "BF16"}  # the OPTIMIZATION_CAPABILITIES entry a reduced precision needs
+COMPILED_TYPE = {"fp32": "f32", "bf16": "bf16"}  # what INFERENCE_PRECISION_HINT reads back (Type.get_type_name)
+
+
+def check_precision_supported(precision: str, device: str, capabilities: list[str]) -> None:
+    """A one-line TextcamError when ``device`` cannot run ``precision`` (its capability list says so)."""
+    needed = CAPABILITY.get(precision)
+    if needed and needed not in capabilities:
+        raise TextcamError(
+            f"precision={precision!r}: OpenVINO's {device} device here has no {needed} support (its capabilities: "
+            f"{', '.join(capabilities)}); use precision='fp32', or a machine whose CPU has bfloat16 instructions "
+            "(AVX512_BF16 or AMX)"
+        )
 
 
 class OpenVinoRunner(GraphRunner):
@@ -42,6 +61,8 @@ class OpenVinoRunner(GraphRunner):
         if device not in core.available_devices:
             raise TextcamError(f"device={device!r}: not an OpenVINO device here; available: "
                                f"{', '.join(core.available_devices)}")
+        check_precision_supported(precision, device,
+                                  [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")])
         self.precision = precision
         config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads is not None:
@@ -53,6 +74,10 @@ class OpenVinoRunner(GraphRunner):
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for graphs it cannot take
             raise TextcamError(f"{path}: OpenVINO cannot load it ({first_line(exc)}); "
                                "try backend='onnxruntime', or re-run `textcam export`") from None
+        compiled_type = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if compiled_type != COMPILED_TYPE[precision]:
+            raise TextcamError(f"precision={precision!r}: OpenVINO's {device} device compiled the graph in "
+                               f"{compiled_type}, not {COMPILED_TYPE[precision]}; use precision='fp32'")
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.outputs = [(port.get_any_name(), port) for port in self.compiled.outputs]
         expected = [i.name for i in bundle.info.graph.inputs]
