@@ -35,6 +35,7 @@ from textcam.engines.entries import (
     BatchProfile,
     EngineEntry,
     check_precision,
+    check_precision_on_gpu,
     engine_file_name,
     reduced_graph_name,
     replace_entry,
@@ -170,6 +171,7 @@ def build_engine(
     trt = tensorrt_runner.import_tensorrt()  # looked up per call: tests replace it with a fake
     memory = open_device_memory(allocator, device)
     gpu = memory.info()
+    check_precision_on_gpu(settings.precision, gpu.compute_capability, gpu.name)
     started = time.perf_counter()
     model_sha = opened.model_sha256
     with update_bundle(opened.path) as update:

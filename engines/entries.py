@@ -34,6 +34,24 @@ def check_precision(value: str) -> str:
     return value
 
 
+MIN_COMPUTE_CAPABILITY = {"bf16": (8, 0)}
+"""The oldest GPU architecture with the precision's tensor-core arithmetic (bf16: Ampere, sm80); on an
+older GPU TensorRT cannot build a strongly typed bf16 network, so the build is refused before it starts."""
+
+
+def check_precision_on_gpu(precision: str, compute_capability: str, gpu_name: str) -> str:
+    """``precision`` if this GPU can run it, else one line naming what the GPU is and what it can run."""
+    needed = MIN_COMPUTE_CAPABILITY.get(precision)
+    have = tuple(int(part) for part in compute_capability.split(".")[:2])
+    if needed and have < needed:
+        can = [p for p in PRECISIONS if have >= MIN_COMPUTE_CAPABILITY.get(p, (0, 0))]
+        raise TextcamError(
+            f"precision {precision!r}: {gpu_name} (compute capability {compute_capability}) has no {precision} "
+            f"arithmetic (it needs {needed[0]}.{needed[1]} or newer); this GPU runs {', '.join(can)}"
+        )
+    return precision
+
+
 @dataclass(frozen=True)
 class BatchProfile:
     """The batch sizes an engine accepts (``min``..``max``) and the one it was tuned for (``opt``)."""

@@ -26,12 +26,22 @@ from pathlib import Path
 from textcam.errors import TextcamError
 
 READY_TIMEOUT_S = 120.0
+START_ATTEMPTS = 3
+"""Starts with fresh ports when the server found one of its ports taken (see :func:`_free_ports`)."""
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that are free now. The probes are held open together, so the
+    kernel cannot hand out one port twice; another process may still take one before tritonserver binds
+    it (the server takes no port 0), which :class:`LocalTritonServer` answers by starting again."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def _paths(python: Path) -> dict[str, str]:
@@ -62,23 +72,30 @@ class LocalTritonServer:
             # the Python backend runs models in a stub built for one Python version
             shutil.copy(source / "python_backend_stubs" / paths["version"] / "triton_python_backend_stub",
                         home / "backends" / "python" / "triton_python_backend_stub")
-        self.http_port, grpc_port = _free_port(), _free_port()
-        self.url = f"127.0.0.1:{self.http_port}"
         env = dict(os.environ)
         # the stub links libpython: the environment's own, found through its lib folder; its
         # site-packages through PATH (the interpreter locates its prefix from the python on PATH)
         env["LD_LIBRARY_PATH"] = ":".join(p for p in (paths["libdir"], paths["libs"], env.get("LD_LIBRARY_PATH")) if p)
         env["PATH"] = f"{python.parent}:{env['PATH']}"
         self.log = workdir / "tritonserver.log"
-        command = [str(home / "bin" / "tritonserver"), "--model-repository", str(repository),
-                   "--backend-directory", str(home / "backends"), "--cache-directory", str(home / "caches"),
-                   "--http-address", "127.0.0.1", "--http-port", str(self.http_port),
-                   "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc_port),
-                   "--allow-metrics", "false", "--exit-timeout-secs", "5"]
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
-        self._wait_ready()
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.http_port, grpc_port = _free_ports(2)
+            self.url = f"127.0.0.1:{self.http_port}"
+            command = [str(home / "bin" / "tritonserver"), "--model-repository", str(repository),
+                       "--backend-directory", str(home / "backends"), "--cache-directory", str(home / "caches"),
+                       "--http-address", "127.0.0.1", "--http-port", str(self.http_port),
+                       "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc_port),
+                       "--allow-metrics", "false", "--exit-timeout-secs", "5"]
+            with open(self.log, "wb") as log:
+                self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                start_new_session=True)
+            try:
+                self._wait_ready()
+                return
+            except TextcamError:
+                # "failed to start HTTP/GRPC service: ... Socket '127.0.0.1:PORT' already in use": taken meanwhile
+                if attempt == START_ATTEMPTS or self.process.poll() is None or "already in use" not in self.log_tail():
+                    raise
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S

@@ -21,10 +21,11 @@ def netns_prefix() -> list[str] | None:
     """The command prefix that runs a shell in a private network namespace, or None where there is none.
 
     A PID namespace too where it can be had: every Ray process then dies with the child, even one
-    killed at a timeout."""
+    killed at a timeout; and with ``--kill-child`` the child dies with ``unshare``, the process the test
+    holds and kills (tests/child_watch.py)."""
     if shutil.which("unshare") is None:
         return None
-    for extra in (["-p", "-f", "--mount-proc"], []):
+    for extra in (["-p", "-f", "--kill-child", "--mount-proc"], ["-p", "-f", "--mount-proc"], []):
         probe = subprocess.run(["unshare", "-n", *extra, "sh", "-c", f"{LOOPBACK_UP}true"], capture_output=True,
                                check=False)
         if probe.returncode == 0:

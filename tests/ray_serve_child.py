@@ -12,6 +12,10 @@ Modes:
   killed under load;
 - ``cli PORT``: ``textcam serve default --duration`` as a subprocess; one request, then it must
   stop by itself.
+
+Every duration and wait here is a number of units of the test's measured unit (tests/child_watch.py),
+so a slower machine gets proportionally longer ones; a ``progress:`` line after each step lets the
+test wait as long as the child makes progress, and a stalled child's stacks and logs reach the test.
 """
 
 from __future__ import annotations
@@ -20,28 +24,36 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from child_watch import child_deadline_s, child_log_dir, child_started, progress
+
+# in units (tests/child_watch.py: ~1-1.5 s on the 2 shared cores these were tuned on)
+LOAD_UNITS = 4.0  # the load's length
+FAULT_UNITS = 8.0  # the load during which a replica is killed, KILL_AFTER_UNITS into it
+KILL_AFTER_UNITS = 2.0
+RETRY_WAIT_UNITS = 0.1  # a retried request waits attempt x this (8 tries: ~3.6 units in all)
+REQUEST_UNITS = 30.0  # one HTTP call (~0.1 s here)
+RECOVERY_UNITS = 90.0  # Serve replacing a killed replica (3-30 units here: Serve's own health-check periods)
+CLI_READY_UNITS = 60.0  # `textcam serve` printing its URL: Ray and 1 replica started (~10 units here)
+CLI_DURATION_UNITS = 6.0  # its --duration: the 2 requests are made in it
+CLI_STOP_UNITS = 30.0  # its stop after --duration (~2 units here)
 LOAD_THREADS = 8
-LOAD_SECONDS = 4.0
-FAULT_SECONDS = 8.0
-KILL_AFTER_S = 2.0
 RETRIES = 8
 BODY_LIMIT = 1_000_000
 
 
 def request(url: str, data: bytes | None = None, content_type: str | None = None, method: str | None = None,
-            timeout: float = 30.0) -> tuple[int, dict, dict]:
+            timeout: float | None = None) -> tuple[int, dict, dict]:
     """(status, JSON body, headers) of one HTTP call; 4xx/5xx answers are returned, not raised."""
     headers = {"Content-Type": content_type} if content_type else {}
     call = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
-        with urllib.request.urlopen(call, timeout=timeout) as answer:
+        with urllib.request.urlopen(call, timeout=timeout or child_deadline_s(REQUEST_UNITS)) as answer:
             return answer.status, json.loads(answer.read()), dict(answer.headers)
     except urllib.error.HTTPError as exc:
         body = exc.read()
@@ -109,7 +121,7 @@ class Load:
                 with self.lock:
                     self.retries += 1
                     self.errors.append(f"{status} {body.get('error', body)}"[:200])
-                time.sleep(0.1 * (attempt + 1))
+                time.sleep(child_deadline_s(RETRY_WAIT_UNITS) * (attempt + 1))
             elapsed = (time.perf_counter() - start) * 1000
             with self.lock:
                 self.count += 1
@@ -148,20 +160,22 @@ def running_replicas() -> int:
 
 
 def kill_one_replica() -> dict:
-    """``ray.kill`` one replica actor (found by Serve's actor name), ``KILL_AFTER_S`` into the load."""
+    """``ray.kill`` one replica actor (found by Serve's actor name), ``KILL_AFTER_UNITS`` into the load."""
     import ray
 
-    time.sleep(KILL_AFTER_S)
+    kill_after = child_deadline_s(KILL_AFTER_UNITS)
+    time.sleep(kill_after)
     names = replica_actors()
     victim = names[0]
     ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
     killed_at = time.monotonic()
+    progress("fault: replica killed")
     # Serve's controller notices the dead actor and starts a replacement: time it from the kill
-    while time.monotonic() - killed_at < 60:
+    while time.monotonic() - killed_at < child_deadline_s(RECOVERY_UNITS):
         if running_replicas() == 2 and victim not in replica_actors() and len(replica_actors()) == 2:
             break
         time.sleep(0.2)
-    return {"killed": victim, "before": names, "at_s": KILL_AFTER_S,
+    return {"killed": victim, "before": names, "at_s": round(kill_after, 2),
             "replaced_after_s": round(time.monotonic() - killed_at, 2)}
 
 
@@ -172,9 +186,11 @@ def server(images_dir: str, port: int) -> dict:
 
     started = time.monotonic()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    progress("ray.init")
     url = serve_bundle("default", replicas=2, port=port, max_batch_size=8, batch_wait_ms=5.0,
                        max_body_bytes=BODY_LIMIT, threads=1)
     out: dict = {"startup_s": round(time.monotonic() - started, 2), "url": url}
+    progress("serve_bundle")
     images = sorted(Path(images_dir).iterdir())
 
     # every image, with its full heatmap; some also for a chosen class and as a PNG map
@@ -185,6 +201,7 @@ def server(images_dir: str, port: int) -> dict:
     answers[images[0].name + "?heatmap=png"] = request(f"{url}/explain?heatmap=png", images[0].read_bytes(),
                                                        "application/octet-stream")[:2]
     out["answers"] = answers
+    progress("answers")
 
     png = images[0].read_bytes()
     refusals = {
@@ -202,6 +219,7 @@ def server(images_dir: str, port: int) -> dict:
     }
     refusals["valid after"] = request(f"{url}/explain", png, "image/png")[:2]
     out["refusals"] = refusals
+    progress("refusals")
 
     out["health"] = request(f"{url}/health")[:2]
     infos = [request(f"{url}/info") for _ in range(12)]
@@ -209,18 +227,22 @@ def server(images_dir: str, port: int) -> dict:
     out["info_selftests"] = {body.get("replica", "?"): body.get("selftest") for _, body, _ in infos}
     selftests = [request(f"{url}/selftest")[:2] for _ in range(4)]
     out["selftest"] = selftests
+    progress("health, info, selftest")
 
     load_images = images[:4]
-    out["load"] = Load(url, load_images, LOAD_THREADS, LOAD_SECONDS).run()
+    out["load"] = Load(url, load_images, LOAD_THREADS, child_deadline_s(LOAD_UNITS)).run()
     batches = {body.get("replica", "?"): body.get("batches") for _, body, _ in
                (request(f"{url}/info") for _ in range(12))}
     out["load"]["batches"] = batches
+    progress("load")
 
-    fault = Load(url, load_images, LOAD_THREADS, FAULT_SECONDS).run(during=kill_one_replica)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (running_replicas() == 2 and len(replica_actors()) == 2):
+    fault = Load(url, load_images, LOAD_THREADS, child_deadline_s(FAULT_UNITS)).run(during=kill_one_replica)
+    progress("fault: load")
+    load_ended = time.monotonic()
+    while (time.monotonic() - load_ended < child_deadline_s(RECOVERY_UNITS)
+           and not (running_replicas() == 2 and len(replica_actors()) == 2)):
         time.sleep(0.5)
-    fault["recovered_after_load_s"] = round(time.monotonic() - deadline + 60, 2)
+    fault["recovered_after_load_s"] = round(time.monotonic() - load_ended, 2)
     fault["running_after"] = running_replicas()
     fault["after"] = replica_actors()
     after_infos = [request(f"{url}/info")[1] for _ in range(12)]
@@ -228,33 +250,48 @@ def server(images_dir: str, port: int) -> dict:
     fault["valid_after"] = request(f"{url}/explain", png, "image/png")[:2]
     out["fault"] = fault
     out["total_s"] = round(time.monotonic() - started, 2)
+    progress("fault: recovered")
     return out
 
 
 def cli(port: int) -> dict:
-    """``textcam serve default`` stops by itself (--duration) after answering a request."""
-    command = [sys.executable, "-m", "textcam", "serve", "default", "--port", str(port), "--duration", "6",
-               "--threads", "1"]
+    """``textcam serve default`` stops by itself (--duration) after answering a request. Its stdout and
+    stderr go to files in the child's folder: nothing blocks on a full pipe, and the test shows them if
+    this child stalls."""
+    duration = child_deadline_s(CLI_DURATION_UNITS)
+    command = [sys.executable, "-m", "textcam", "serve", "default", "--port", str(port), "--duration",
+               f"{duration:.1f}", "--threads", "1"]
     url = f"http://127.0.0.1:{port}"
-    # stderr to a file, not a pipe: Ray's start-up lines cannot fill it and block the server
-    with tempfile.TemporaryFile("w+") as errors:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
-        # the URL on stdout says every replica is ready (Serve's proxy answers 404/503 before that)
-        first_line = process.stdout.readline().strip()
-        health = request(f"{url}/health", timeout=10)[:2] if first_line == url else None
-        explained = None
-        if health:
-            image = Path(os.environ["TEXTCAM_TEST_IMAGE"]).read_bytes()
-            explained = request(f"{url}/explain", image, "image/png")[:2]
-        try:
-            stdout, _ = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            stdout, _ = process.communicate()
-        errors.seek(0)
-        stderr = errors.read()
+    stdout_path, stderr_path = child_log_dir() / "cli.stdout", child_log_dir() / "cli.stderr"
+    with open(stdout_path, "w") as stdout, open(stderr_path, "w") as stderr:
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True)
+    # the URL on stdout says every replica is ready (Serve's proxy answers 404/503 before that)
+    first_line = first_stdout_line(process, stdout_path, child_deadline_s(CLI_READY_UNITS))
+    progress("cli: url")
+    health = request(f"{url}/health")[:2] if first_line == url else None
+    explained = None
+    if health:
+        image = Path(os.environ["TEXTCAM_TEST_IMAGE"]).read_bytes()
+        explained = request(f"{url}/explain", image, "image/png")[:2]
+    progress("cli: requests")
+    try:
+        process.wait(timeout=duration + child_deadline_s(CLI_STOP_UNITS))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    progress("cli: stopped")
     return {"health": health, "explained": explained, "returncode": process.returncode,
-            "stdout": first_line + "\n" + stdout, "stderr_tail": stderr[-2000:]}
+            "stdout": stdout_path.read_text(), "stderr": stderr_path.read_text()}
+
+
+def first_stdout_line(process: subprocess.Popen, path: Path, limit_s: float) -> str:
+    """The first whole line ``process`` writes to ``path``, or what is there when it exits or ``limit_s`` passes."""
+    give_up = time.monotonic() + limit_s
+    while True:
+        text = path.read_text()
+        if "\n" in text or process.poll() is not None or time.monotonic() > give_up:
+            return text.split("\n", 1)[0].strip()
+        time.sleep(0.1)
 
 
 def loopback_up() -> None:
@@ -272,6 +309,7 @@ def loopback_up() -> None:
 
 
 def main() -> None:
+    child_started()
     loopback_up()
     mode = sys.argv[1]
     report_and_exit(server(sys.argv[2], int(sys.argv[3])) if mode == "server" else cli(int(sys.argv[2])))

@@ -5,7 +5,9 @@ Ray binds to the machine's real address even when told 127.0.0.1, so the test st
 tests/ray_serve_child.py). SPEC_JSON names the bundles to build into and the probe sources; this
 script runs every ``--engine ray`` build of the test in one Ray instance (2 CPUs), then the CLI, which
 starts its own local Ray, and prints one JSON object on its last stdout line. The test compares the
-bundles with its own local-engine builds.
+bundles with its own local-engine builds. A ``progress:`` line after every step (Ray started, each
+build's phases, the CLI) lets the test wait as long as the child makes progress (tests/child_watch.py);
+the CLI's own wait is :data:`CLI_UNITS` of the test's measured unit, and its output is kept in full.
 """
 
 from __future__ import annotations
@@ -20,10 +22,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from child_watch import child_deadline_s, child_log_dir, child_started, progress
 from ray_serve_child import loopback_up, report_and_exit
+
+CLI_UNITS = 100
+"""The CLI's limit, in units of the test's measure (tests/child_watch.py): it starts its own Ray and builds
+from 120 images in ~25 units; below the test's stall limit, so this limit speaks first, with the CLI's
+output."""
 
 
 def main() -> None:
+    child_started()
     loopback_up()
     spec = json.loads(Path(sys.argv[1]).read_text())
     import ray
@@ -33,9 +42,11 @@ def main() -> None:
 
     probe_source.UNIT_IMAGES = spec["unit_images"]  # several units (tasks) from a small probe set
     clip = load_clip(None, spec["clip_checkpoint"], "textcam-tiny-clip")  # the test's own CLIP weights
+    progress("imports and CLIP")
     started = time.monotonic()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     out: dict = {"ray_start_s": round(time.monotonic() - started, 2), "builds": {}}
+    progress("ray.init")
 
     marker = Path(spec["kill_marker"])
 
@@ -61,9 +72,10 @@ def main() -> None:
         kept, resume = Path(build["kept"]), Path(build["resume"])
         kept.mkdir(parents=True, exist_ok=True)
 
-        def keep(phase, resume=resume, kept=kept):  # the checkpoint files: selections, embeddings, directions
-            if phase in ("scan", "embed", "lda"):
+        def keep(phase, resume=resume, kept=kept, name=name):
+            if phase in ("scan", "embed", "lda"):  # the checkpoint files: selections, embeddings, directions
                 shutil.copy(resume / f"{phase}.npz", kept / f"{phase}.npz")
+            progress(f"{name}: {phase}")
 
         try:
             report = build_semantics(build["bundle"], build["probe"], clip, vocab=["builtin:classes"], m=spec["m"],
@@ -71,24 +83,41 @@ def main() -> None:
                                      log=lambda _m: None, resume_dir=resume, on_phase=keep)
         except Exception as exc:  # the test checks the refusal's line
             out["builds"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+            progress(f"{name}: failed")
             continue
         out["builds"][name] = {"seconds": report.seconds, "failed": [[str(p), m] for p, m in report.failed],
                                "notes": report.notes, "m": report.m, "probe_images": report.probe_images,
                                "embedded_images": report.embedded_images, "wall_s": round(time.monotonic() - start, 2)}
+        progress(f"{name}: built")
     out["killed_pid"] = marker.read_text() if marker.exists() else None
     out["worker_pid"] = os.getpid()
     ray.shutdown()
+    progress("ray.shutdown")
+    out["cli"] = run_cli(spec)
+    progress("cli")
+    report_and_exit(out)
 
+
+def run_cli(spec: dict) -> dict:
+    """``textcam semantics --engine ray`` (its own local Ray), within :data:`CLI_UNITS`; its output in full,
+    from files in the child's folder (there for the test's report too if this child is killed)."""
     cli = spec["cli"]
     command = [sys.executable, "-m", "textcam", "semantics", cli["bundle"], "--probe", cli["probe"],
                "--clip-checkpoint", spec["clip_checkpoint"], "--clip-model", "textcam-tiny-clip",
                "--vocab", "builtin:classes", "-m", str(spec["m"]), "--no-fuse",
                "--batch-size", str(spec["batch"]), "--engine", "ray", "--workers", "2"]
-    started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    out["cli"] = {"returncode": done.returncode, "stdout": done.stdout, "stderr_tail": done.stderr[-3000:],
-                  "seconds": round(time.monotonic() - started, 2)}
-    report_and_exit(out)
+    started, limit = time.monotonic(), child_deadline_s(CLI_UNITS)
+    stdout_path, stderr_path = child_log_dir() / "cli.stdout", child_log_dir() / "cli.stderr"
+    with open(stdout_path, "w") as stdout, open(stderr_path, "w") as stderr:
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True)
+        try:
+            returncode = process.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            returncode = f"killed: not done within {limit:.0f} s"
+    return {"returncode": returncode, "stdout": stdout_path.read_text(), "stderr": stderr_path.read_text(),
+            "seconds": round(time.monotonic() - started, 2)}
 
 
 if __name__ == "__main__":

@@ -43,10 +43,11 @@ def test_demo_explains_scenes_without_torch_and_writes_a_report(tmp_path):
         assert len(phrases.split("; ")) == 3
         correct += label == truth
     assert correct >= 5  # a trained model, not random weights
-    image = np.asarray(Image.open(next((out / "images").glob("*.png"))))
     overlays = sorted((out / "overlays").glob("*.cam.png"))
     assert len(overlays) == 6
     overlay = np.asarray(Image.open(overlays[0]))
+    # its own scene, by name (glob's order is the file system's)
+    image = np.asarray(Image.open(out / "images" / overlays[0].name.replace(".cam.png", ".png")))
     assert overlay.shape == image.shape and not np.array_equal(overlay, image)
     assert list((out / "groups").glob("*.png"))
     report = (out / "report.html").read_text()

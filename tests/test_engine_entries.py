@@ -11,6 +11,7 @@ from textcam.engines.entries import (
     BatchProfile,
     EngineEntry,
     check_precision,
+    check_precision_on_gpu,
     choose_engine,
     engine_entries,
     engine_file_name,
@@ -47,6 +48,19 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
 @pytest.mark.parametrize("value", ["fp32", "fp16", "bf16"])
 def test_known_precisions_pass(value):
     assert check_precision(value) == value
+
+
+@pytest.mark.parametrize(("precision", "cc", "ok"), [
+    ("bf16", "7.5", False), ("bf16", "8.0", True), ("bf16", "12.0", True), ("fp16", "7.5", True), ("fp32", "7.0", True),
+])
+def test_bf16_needs_an_ampere_or_newer_gpu(precision, cc, ok):
+    if ok:
+        assert check_precision_on_gpu(precision, cc, "Tesla T4") == precision
+        return
+    with pytest.raises(TextcamError) as exc:
+        check_precision_on_gpu(precision, cc, "Tesla T4")
+    message = one_line(exc)
+    assert "Tesla T4" in message and cc in message and "runs fp32, fp16" in message and "bf16" not in message[-12:]
 
 
 def test_unknown_precision_is_one_line_listing_the_choices():

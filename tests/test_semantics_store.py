@@ -64,7 +64,9 @@ def test_build_writes_a_valid_store_bound_to_the_model(bundle, probe, clip, tmp_
     # a second build reuses the cached image embeddings and gives the same store
     again = build_semantics(bundle, probe, clip, vocab=["builtin:attributes", "builtin:classes"], m=8,
                             cache=tmp_path / "cache", fuse=False, show_progress=False)
-    assert again.seconds["embed"] < report.seconds["embed"] or report.seconds["embed"] < 0.5
+    # counted, not timed: on a busy machine the cached pass need not be the faster one
+    assert report.embedding_cache_hits == 0 < report.embedded_images
+    assert again.embedding_cache_hits == again.embedded_images == report.embedded_images
     second = read_store(store_path(bundle))
     np.testing.assert_allclose(second.channel_semantics, store.channel_semantics, atol=1e-3)
 

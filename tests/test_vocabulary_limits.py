@@ -3,6 +3,7 @@ CLIP's coverage of a vocabulary (the compact tiny CLIP holds only some tokens)."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -53,7 +54,8 @@ def special_file(kind: str, folder: Path) -> Path:
     elif kind == "socket":
         path = folder / "sock"
         server = socket.socket(socket.AF_UNIX)
-        server.bind(str(path))
+        with contextlib.chdir(folder):  # a relative name: a socket's path is limited to ~107 bytes, tmp_path is not
+            server.bind(path.name)
         folder.joinpath(".keep").write_text("")  # the socket file stays after the test
     elif kind == "directory":
         path = folder / "dir"

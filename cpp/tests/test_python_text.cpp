@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 
 #include "python_text.hpp"
@@ -46,7 +47,9 @@ TEST(PythonText, WithCommas) {
 }
 
 TEST(PythonText, Sha256) {
-  const std::string path = (std::filesystem::temp_directory_path() / "textcam_sha256_test.bin").string();
+  // a name of its own: /tmp is shared with other runs (the sanitizer build's, another user's)
+  const std::string name = "textcam_sha256_test_" + std::to_string(std::random_device()()) + ".bin";
+  const std::string path = (std::filesystem::temp_directory_path() / name).string();
   {
     std::ofstream out(path, std::ios::binary);
     out << "abc";

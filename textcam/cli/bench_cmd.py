@@ -49,8 +49,9 @@ def thread_settings(backend: str, threads: int | None) -> str:
 
 
 def bench_row(batch: int, stats: dict, checked: bool) -> dict:
-    """One result row: medians (and quartiles) per contender, and the ratios, or, when the timings
-    contradict each other, ``refused`` with the reason and no ratios."""
+    """One result row: medians and interquartile ranges per contender, the ratios, and ``noise`` (the
+    widest interquartile range as a share of its contender's median: ratios nearer 1 than that are
+    not resolved); or, when the timings contradict each other, ``refused`` with the reason and no ratios."""
     from textcam.runtime.timing import contradiction
 
     row: dict = {"batch": batch}
@@ -61,6 +62,7 @@ def bench_row(batch: int, stats: dict, checked: bool) -> dict:
     base = stats["plain"]["median_ms"]
     row["graph_over_plain"] = None if refused else round(stats["graph"]["median_ms"] / base, 3)
     row["explain_over_plain"] = None if refused else round(stats["explain"]["median_ms"] / base, 3)
+    row["noise"] = round(max((s["q3_ms"] - s["q1_ms"]) / s["median_ms"] for s in stats.values()), 3)
     row["refused"] = refused
     return row
 
@@ -70,7 +72,7 @@ def row_text(row: dict) -> str:
     if row["refused"]:
         return f"{row['batch']:>5} refused: {row['refused']}"
     return (f"{row['batch']:>5} {row['plain_ms']:>10.2f} {row['graph_ms']:>10.2f} {row['explain_ms']:>11.2f} "
-            f"{row['graph_over_plain']:>12.3f} {row['explain_over_plain']:>14.3f}")
+            f"{row['graph_over_plain']:>12.3f} {row['explain_over_plain']:>14.3f} {row['noise']:>7.1%}")
 
 
 def _batch_sizes(_ctx, _param, value: str) -> list[int]:
@@ -101,9 +103,10 @@ def bench_command(bundle, batch_sizes, rounds, threads, as_json, backend, precis
     post-processing (softmax, heatmap mapping). Ratios are medians of the same rounds. All three
     run with the same threads and with ONNX Runtime's thread spinning off.
 
+    "noise" is the row's widest interquartile range over the rounds, as a share of its median.
     Since explain contains graph and graph contains plain, a row where one measures faster than
-    what it contains by more than the noise (the rounds' interquartile range) is refused: it says
-    why, and the command exits 1 after the table.
+    what it contains by more than that noise (and by over 2%) is refused: it says why, and the
+    command exits 1 after the table. Fewer than 3 rounds are not checked.
 
     With --backend, all three run on that backend (for tensorrt, "plain" is an engine of the
     pruned graph built first, with the explaining engine's precision and batch profile).
@@ -145,12 +148,13 @@ def bench_command(bundle, batch_sizes, rounds, threads, as_json, backend, precis
         )
         rows.append(bench_row(batch, stats, checked))
     release()
+    native = explainer.native  # before close(), which lets the core go
     explainer.close()
     refused = sum(bool(r["refused"]) for r in rows)
     if as_json:
         text, ok = json_text({"bundle": str(bundle), "backend": backend, "rounds": rounds, "threads": threads,
                               "allow_spinning": False if backend in ONNXRUNTIME_BACKENDS else None,
-                              "checked": checked, "results": rows}, indent=2)
+                              "native": native, "checked": checked, "results": rows}, indent=2)
         click.echo(text)
         if not ok:
             click.echo("error: a timing is not a finite number; rerun the benchmark", err=True)
@@ -158,9 +162,11 @@ def bench_command(bundle, batch_sizes, rounds, threads, as_json, backend, precis
     else:
         click.echo(safe_text(f"{explainer.bundle.manifest['model'].get('source')} @ {explainer.bundle.layer} "
                              f"({explainer.bundle.method}), backend {backend}, {rounds} interleaved rounds, medians"))
-        click.echo(f"{thread_settings(backend, threads)}; all in one process")
-        header = ("batch", "plain ms", "graph ms", "explain ms", "graph/plain", "explain/plain")
-        click.echo(" ".join(f"{h:>{w}}" for h, w in zip(header, (5, 10, 10, 11, 12, 14), strict=True)))
+        # the native core runs explain in a session of its own, with the same settings
+        click.echo(f"{thread_settings(backend, threads)}; all in one process"
+                   + ("; explain in the native core" if native else ""))
+        header = ("batch", "plain ms", "graph ms", "explain ms", "graph/plain", "explain/plain", "noise")
+        click.echo(" ".join(f"{h:>{w}}" for h, w in zip(header, (5, 10, 10, 11, 12, 14, 7), strict=True)))
         for r in rows:
             click.echo(row_text(r))
     if refused:
