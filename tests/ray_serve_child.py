@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from child_watch import child_deadline_s, child_log_dir, child_started, progress
+from child_watch import child_deadline_s, child_log_dir, child_started, progress, wait_for
 
 # in units (tests/child_watch.py: ~1-1.5 s on the 2 shared cores these were tuned on)
 LOAD_UNITS = 4.0  # the load's length
@@ -39,7 +39,8 @@ KILL_AFTER_UNITS = 2.0
 RETRY_WAIT_UNITS = 0.1  # a retried request waits attempt x this (8 tries: ~3.6 units in all)
 REQUEST_UNITS = 30.0  # one HTTP call (~0.1 s here)
 RECOVERY_UNITS = 90.0  # Serve replacing a killed replica (3-30 units here: Serve's own health-check periods)
-CLI_READY_UNITS = 60.0  # `textcam serve` printing its URL: Ray and 1 replica started (~10 units here)
+CLI_READY_UNITS = 180.0  # `textcam serve` printing its URL, Ray and 1 replica started: 13-16 units here, 60
+# with both cores busy; it is silent meanwhile: below the test's stall limit, 200
 CLI_DURATION_UNITS = 6.0  # its --duration: the 2 requests are made in it
 CLI_STOP_UNITS = 30.0  # its stop after --duration (~2 units here)
 LOAD_THREADS = 8
@@ -266,7 +267,9 @@ def cli(port: int) -> dict:
     with open(stdout_path, "w") as stdout, open(stderr_path, "w") as stderr:
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True)
     # the URL on stdout says every replica is ready (Serve's proxy answers 404/503 before that)
-    first_line = first_stdout_line(process, stdout_path, child_deadline_s(CLI_READY_UNITS))
+    wait_for(process, [stdout_path, stderr_path], "cli: starting", CLI_READY_UNITS,
+             until=lambda: "\n" in stdout_path.read_text())
+    first_line = stdout_path.read_text().split("\n", 1)[0].strip()
     progress("cli: url")
     health = request(f"{url}/health")[:2] if first_line == url else None
     explained = None
@@ -274,24 +277,12 @@ def cli(port: int) -> dict:
         image = Path(os.environ["TEXTCAM_TEST_IMAGE"]).read_bytes()
         explained = request(f"{url}/explain", image, "image/png")[:2]
     progress("cli: requests")
-    try:
-        process.wait(timeout=duration + child_deadline_s(CLI_STOP_UNITS))
-    except subprocess.TimeoutExpired:
+    if not wait_for(process, [stdout_path, stderr_path], "cli: stopping", CLI_DURATION_UNITS + CLI_STOP_UNITS):
         process.kill()
         process.wait()
     progress("cli: stopped")
     return {"health": health, "explained": explained, "returncode": process.returncode,
             "stdout": stdout_path.read_text(), "stderr": stderr_path.read_text()}
-
-
-def first_stdout_line(process: subprocess.Popen, path: Path, limit_s: float) -> str:
-    """The first whole line ``process`` writes to ``path``, or what is there when it exits or ``limit_s`` passes."""
-    give_up = time.monotonic() + limit_s
-    while True:
-        text = path.read_text()
-        if "\n" in text or process.poll() is not None or time.monotonic() > give_up:
-            return text.split("\n", 1)[0].strip()
-        time.sleep(0.1)
 
 
 def loopback_up() -> None:

@@ -1,20 +1,22 @@
 """tests/child_watch.py, the Ray tests' child watch, with plain Python children and a unit of 0.2 s.
 
-A child that keeps making progress may run past the stall limit; one that stalls or runs past the total
-limit is killed within them, its stacks, stdout and stderr in the failure; a child that fails shows its
-output in full.
+A child that keeps making progress may run past the stall limit, and take a step up to STALL_GROWTH
+times its longest one before; one that stalls or runs past the total limit is killed within them, its
+stacks, stdout and stderr in the failure; a child that fails shows its output in full; a child's wait on
+a CLI counts the CLI's growing output as progress.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import child_watch
 import pytest
-from child_watch import WatchedChild
+from child_watch import WatchedChild, wait_for
 
 TESTS = Path(__file__).resolve().parent
 UNIT_S = 0.2
@@ -38,6 +40,15 @@ def test_a_child_making_progress_may_run_past_the_stall_limit():
     assert child.result()["child_s"] > 4 * UNIT_S  # it ran longer than the stall limit
     child.close(keep=False)
     assert not child.folder.exists()
+
+
+def test_a_step_up_to_stall_growth_times_the_longest_before_is_no_stall():
+    # the stall limit: 6 units (1.2 s), then 3 x 1.0 s once a step took 1.0 s
+    child = watched("progress('a')\ntime.sleep(1.0)\nprogress('b')\ntime.sleep(2.4)\nprogress('c')\n"
+                    "print('{}')", stall_units=6, total_units=100)
+    assert child.result()["child_s"] > 3.4
+    assert child.stall_limit_s(child.steps()) > 3 * 2.3  # grown again by the last step
+    child.close(keep=False)
 
 
 def test_a_stalled_child_fails_in_bounded_time_with_its_stacks_and_output():
@@ -70,3 +81,20 @@ def test_a_failed_child_shows_its_output_in_full():
     assert "exited with 3 without its JSON line" in str(caught.value)
     assert "line 0\n" in str(caught.value) and "line 1999" in str(caught.value)
     child.close(keep=False)
+
+
+def test_wait_for_counts_growing_output_as_progress_and_gives_up_at_its_limit(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv(child_watch.UNIT_ENV, str(UNIT_S))
+    output = tmp_path / "cli.stdout"
+    with open(output, "w") as stdout:
+        writer = subprocess.Popen([sys.executable, "-c", "import time\nfor n in range(4):\n    print(n, flush=True)\n"
+                                   "    time.sleep(0.6)"], stdout=stdout)
+    assert wait_for(writer, [output], "cli", limit_units=100)
+    assert capsys.readouterr().out.count("cli: output") >= 3
+    silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    start = time.monotonic()
+    assert not wait_for(silent, [output], "silent", limit_units=5)
+    assert time.monotonic() - start < 5 * UNIT_S + 2
+    assert "silent: output" not in capsys.readouterr().out
+    silent.kill()
+    silent.wait()

@@ -129,11 +129,18 @@ def test_outputs_match_onnxruntime_on_fresh_inputs(small_bundle):
         targets = np.array([-1, *list(rng.integers(0, len(bundle.classes), batch - 1))], dtype=np.int64)
         want, got = ort.run(images, targets), ov.run(images, targets)
         assert set(got) == set(want)
-        np.testing.assert_array_equal(got["class_index"], want["class_index"])
+        # row 0 explains the predicted class: where its top two logits tie to rounding, the two engines may
+        # pick either, and that row is left out (rows 1.. explain given classes)
+        top2 = np.sort(want["logits"], axis=1)[:, -2:]
+        rows = (top2[:, 1] - top2[:, 0]) > 1e-4 * np.abs(want["logits"]).max(axis=1)
+        rows[1:] = True
+        if not rows.any():
+            continue
+        np.testing.assert_array_equal(got["class_index"][rows], want["class_index"][rows])
         for name in ("logits", "channel_weights", "channel_activation"):
-            scale = np.abs(want[name]).max()
-            assert np.abs(got[name] - want[name]).max() <= 1e-4 * scale, name
-        assert np.abs(got["cam"] - want["cam"]).max() <= 1e-3
+            scale = np.abs(want[name][rows]).max()
+            assert np.abs(got[name][rows] - want[name][rows]).max() <= 1e-4 * scale, name
+        assert np.abs(got["cam"][rows] - want["cam"][rows]).max() <= 1e-3
 
 
 def test_threads_share_one_runner():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from child_watch import WatchedChild
+from child_watch import WatchedChild, slowdown
 from click.testing import CliRunner
 from PIL import Image
 from private_network import child_command, require_netns_prefix
@@ -33,11 +33,19 @@ from textcam.shapes_world.generator import ShapesWorld
 TESTS = Path(__file__).resolve().parent
 CHILD = TESTS / "ray_serve_child.py"
 # Deadlines in units (tests/child_watch.py: a fresh interpreter importing Ray; 0.9-1.5 s on the 2 shared
-# cores this was tuned on). There each child took 27-55 units in all; the longest steps: Serve replacing
-# the killed replica, 3-30 units (limited to ray_serve_child.RECOVERY_UNITS = 90), and `textcam serve`
-# printing its URL, ~15 (CLI_READY_UNITS = 60); the stall limit is above both, so they speak first.
-CHILD_STALL_UNITS = 120
-CHILD_TOTAL_UNITS = 300
+# cores this was tuned on). There each child took 25-55 units quietly, up to 145 with both cores busy;
+# the longest silent steps: `textcam serve` printing its URL, 13-16 units quietly, 60 busy (ray_serve_child's
+# CLI_READY_UNITS = 180 limits it), and Serve replacing the killed replica, 3-30 (RECOVERY_UNITS = 90). So
+# a stalled child fails within 200 units (or child_watch.STALL_GROWTH x its longest step); the total is a
+# backstop.
+CHILD_STALL_UNITS = 200
+CHILD_TOTAL_UNITS = 1000
+# Ray's own fixed timeouts, in seconds, scaled by 3 x child_watch.slowdown(): with both cores busy here, a
+# child ran ~10x slower than quietly (its unit ~4x), Serve's 5 s proxy readiness check failed 3 times, and
+# Serve killed the proxy before the application could start ("The actor died unexpectedly")
+RAY_TIMEOUTS_S = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": 5, "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": 10,
+                  "RAY_worker_register_timeout_seconds": 60}
+RAY_TIMEOUT_MARGIN = 3
 # (width, height, format): squares and not, smaller and larger than the 64x64 input, PNG and JPEG
 IMAGES = ((64, 64, "png"), (120, 80, "jpeg"), (48, 96, "png"), (200, 150, "jpeg"), (33, 47, "png"),
           (300, 200, "png"))
@@ -77,6 +85,8 @@ def children(images, request):
         pytest.skip("ray[serve] is not installed")
     prefix = require_netns_prefix()
     env = {**os.environ, "TEXTCAM_TEST_IMAGE": str(images[0]), "RAY_USAGE_STATS_ENABLED": "0"}
+    scale = RAY_TIMEOUT_MARGIN * slowdown()
+    env.update({name: str(round(default * scale)) for name, default in RAY_TIMEOUTS_S.items()})
     env.pop("TEXTCAM_NATIVE", None)  # the replicas run as deployed: the C++ core when installed
     failed_before = request.session.testsfailed
     started = {name: WatchedChild(f"serve-{name}", child_command(prefix, CHILD, *args), env, CHILD_STALL_UNITS,

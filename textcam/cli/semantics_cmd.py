@@ -50,7 +50,9 @@ from textcam.cli.safe_text import safe_text
                    "local Ray instance for this build. Bundle, probe and --cache must be at the same paths on "
                    "every node.")
 @click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-              metavar="SECONDS", help="--engine ray --address: give up joining the cluster after this long.")
+              metavar="SECONDS",
+              help="--engine ray --address: give up when the address does not accept a connection and "
+              "answer as Ray's gRPC server within this long.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="--engine ray: actors per pool (scan; CLIP: at most one per GPU when there are GPUs).")
 def semantics_command(bundle, probe, probe_column, clip_spec, clip_checkpoint, clip_model, vocab, templates, m, lda,
